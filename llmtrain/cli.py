@@ -1,0 +1,119 @@
+"""The `llmtrain` command.
+
+Each stage registers its own subcommand from a light `cli.py` in its package (listed in
+STAGE_COMMANDS) and imports torch, DeepSpeed or TRL only inside the function that runs it, so
+`llmtrain --help` and `llmtrain config ...` answer quickly. A user error (`LLMTrainError`)
+prints one message and exits with status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from llmtrain import __version__
+from llmtrain.errors import LLMTrainError
+
+STAGE_COMMANDS: tuple[str, ...] = ()
+"""Modules with a `register(subparsers)` function, in the order their commands are listed."""
+
+USER_ERROR_EXIT = 2
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe file and `--set KEY=VALUE` overrides, for every command that reads a recipe."""
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set pretrain.lr=3e-4 (value parsed as YAML; repeatable)",
+    )
+
+
+def load_recipe_from_args(args: argparse.Namespace):  # -> Recipe (import kept lazy)
+    from llmtrain.recipe import load_recipe
+
+    return load_recipe(args.recipe, args.overrides)
+
+
+def _debug_flag(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks and debug logs"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmtrain",
+        description="From raw text to an aligned chat model: tokenizer, data, pretraining, "
+        "SFT, reward model, PPO, DPO, GRPO.",
+    )
+    parser.add_argument("--version", action="version", version=f"llmtrain {__version__}")
+    _debug_flag(parser, default=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # subcommands accept --debug too, without overwriting the top-level value
+    common = argparse.ArgumentParser(add_help=False)
+    _debug_flag(common, default=argparse.SUPPRESS)
+
+    for module_name in STAGE_COMMANDS:
+        importlib.import_module(module_name).register(commands, common)
+
+    config = commands.add_parser("config", help="show, check or describe recipes", parents=[common])
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_commands.add_parser(
+        "show",
+        help="print the resolved recipe (extends merged, overrides applied, defaults filled)",
+        parents=[common],
+    )
+    add_recipe_arguments(show)
+    show.set_defaults(func=_config_show)
+    check = config_commands.add_parser(
+        "check", help="validate a recipe without running anything", parents=[common]
+    )
+    add_recipe_arguments(check)
+    check.set_defaults(func=_config_check)
+    schema = config_commands.add_parser(
+        "schema", help="print the JSON schema of the recipe", parents=[common]
+    )
+    schema.set_defaults(func=_config_schema)
+    return parser
+
+
+def _config_show(args: argparse.Namespace) -> None:
+    sys.stdout.write(load_recipe_from_args(args).to_yaml())
+
+
+def _config_check(args: argparse.Namespace) -> None:
+    recipe = load_recipe_from_args(args)
+    sections = [name for name, value in recipe if value is not None]
+    print(f"ok: {args.recipe} ({', '.join(sections)})")
+
+
+def _config_schema(args: argparse.Namespace) -> None:
+    from llmtrain.recipe import Recipe
+
+    print(json.dumps(Recipe.model_json_schema(), indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from llmtrain.runtime import setup_logging
+
+    setup_logging(debug=args.debug)
+    try:
+        args.func(args)
+    except LLMTrainError as exc:
+        if args.debug:
+            raise
+        print(f"llmtrain: error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    except KeyboardInterrupt:
+        print("llmtrain: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,345 @@
+"""The recipe: one YAML file that describes a pipeline, loaded and validated before any work.
+
+    recipe = load_recipe("recipes/tiny.yaml", overrides=["pretrain.steps=10"])
+
+Loading reads the file (and the files it `extends`, deep-merged, child wins, lists replaced),
+applies `--set KEY=VALUE` overrides with YAML typing, then validates every section. A problem
+is reported as a `RecipeError` naming the key path (`pretrain.lr_shedule: unknown key; did you
+mean lr_schedule?`), never as a traceback from inside a stage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, PrivateAttr, ValidationError
+
+from llmtrain.errors import RecipeError
+from llmtrain.schema import OutputPath, Section, SourcedStr, tag_strings
+from llmtrain.tracking import LoggingSection
+
+STAGES = ("tokenizer", "data", "pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval")
+"""Every pipeline stage, in the order `llmtrain run` runs them; each writes <output_dir>/<stage>/."""
+
+
+class Recipe(Section):
+    """A whole pipeline. Each command reads the sections it needs; absent sections are None."""
+
+    name: str
+    """Name of the pipeline; used for run names in trackers."""
+    output_dir: OutputPath
+    """Root of all outputs: each stage writes <output_dir>/<stage>/."""
+    seed: int = 1234
+    """Seed for every random choice (sampling, shuffling, initialisation, masking)."""
+    logging: LoggingSection = LoggingSection()
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The recipe file this was loaded from (None when built in code)."""
+        return self._source
+
+    def stage_dir(self, stage: str) -> Path:
+        """The directory a stage writes: <output_dir>/<stage>."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        return self.output_dir / stage
+
+    def section(self, name: str) -> Any:
+        """The section a stage needs, or a RecipeError saying it is missing."""
+        value = getattr(self, name)
+        if value is None:
+            where = f" ({self._source})" if self._source else ""
+            raise RecipeError(
+                f"the recipe{where} has no `{name}` section, which this stage needs; "
+                f"add one (see docs/recipes.md#{name})"
+            )
+        return value
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (defaults filled in, paths absolute) as YAML."""
+        return dump_yaml(self.model_dump(mode="json"))
+
+    def fingerprint(self, *sections: str) -> str:
+        """sha256 of the resolved settings of the named sections (all when none named)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {name: data[name] for name in sections}
+        return hashlib.sha256(dump_yaml(data).encode()).hexdigest()
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    mapping: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            mark = key_node.start_mark
+            raise RecipeError(
+                f"{mark.name}:{mark.line + 1}: key {key!r} appears twice in the same mapping; "
+                "keep one"
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml_file(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc})") from exc
+    try:
+        stream = io.StringIO(text)
+        stream.name = str(path)  # so YAML marks name the file
+        data = yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: invalid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: invalid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """Merge `child` over `base`: mappings merge key by key, anything else (lists too) replaces."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe at `path` with its `extends` chain merged in; strings tagged with their folder."""
+    path = Path(path).expanduser().resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path))
+        raise RecipeError(f"`extends` forms a cycle: {cycle}")
+    data = tag_strings(_read_yaml_file(path), path.parent)
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecipeError(f"{path}: extends: expected a file name or a list of them")
+    merged: dict = {}
+    for parent in parents:
+        parent_path = path.parent / Path(parent).expanduser()
+        if not parent_path.is_file():
+            raise RecipeError(f"{path}: extends: file not found: {parent_path.resolve()}")
+        merged = deep_merge(merged, load_raw(parent_path, (*_chain, path)))
+    return deep_merge(merged, data)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `--set a.b.c=value` to `raw` in place; the value is parsed as YAML."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. pretrain.lr=3e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {key}: the value {text!r} is not valid YAML ({exc})") from exc
+    value = tag_strings(value, Path.cwd())
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(
+                    f"--set {key}: {where}: expected a list index below {len(node)}, got {part!r}"
+                )
+            index = int(part)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if last:
+            node[part] = value
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        elif not isinstance(node[part], dict | list):
+            raise RecipeError(
+                f"--set {key}: {where} is a value, not a section; it has no {parts[depth + 1]}"
+            )
+        node = node[part]
+
+
+def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recipe:
+    """Read, merge, override and validate a recipe. Raises RecipeError on any problem."""
+    raw = load_raw(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    recipe = validate_recipe(raw, source=Path(path))
+    return recipe
+
+
+def validate_recipe(raw: dict, source: Path | None = None) -> Recipe:
+    """Validate a raw recipe mapping; every problem is reported with its key path."""
+    recipe = validate_section(Recipe, raw, source=source)
+    recipe._source = Path(source).resolve() if source else None
+    return recipe
+
+
+SectionT = typing.TypeVar("SectionT", bound=BaseModel)
+
+
+def validate_section(model: type[SectionT], raw: Any, source: Path | str | None = None) -> SectionT:
+    """Validate `raw` as `model`, turning pydantic's errors into one RecipeError."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{source}: " if source else ""
+        problems = [format_error(err, model) for err in exc.errors()]
+        if len(problems) == 1:
+            raise RecipeError(where + problems[0]) from None
+        listing = "\n  ".join(problems)
+        raise RecipeError(f"{where}{len(problems)} problems in the recipe:\n  {listing}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Error messages
+
+
+def format_loc(loc: typing.Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+_EXPECTED = {
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "path_type": "a path",
+}
+
+
+def format_error(err: dict, model: type[BaseModel]) -> str:
+    """One pydantic error of validating `model`, as `key.path: what is wrong`."""
+    loc = [part for part in err["loc"] if not _is_pydantic_tag(part)]
+    path = format_loc(loc)
+    return f"{path}: {_describe(err, model, loc)}" if path else _describe(err, model, loc)
+
+
+def _describe(err: dict, model: type[BaseModel], loc: list[str | int]) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    if isinstance(value, SourcedStr):
+        value = str(value)
+    if kind == "extra_forbidden":
+        return f"unknown key; {_suggest(model, loc)}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {value!r}"
+    if kind in ("literal_error", "enum"):
+        return f"expected one of {err['ctx']['expected']}, got {value!r}"
+    message = err["msg"]
+    if kind in ("value_error", "assertion_error"):
+        return message.split(", ", 1)[1] if ", " in message else message
+    if message.startswith("Input should be "):
+        return f"expected {message.removeprefix('Input should be ')}, got {value!r}"
+    return f"{message} (got {value!r})"
+
+
+def _is_pydantic_tag(part: str | int) -> bool:
+    # pydantic puts the branch of a union ("function-after[...]", a class name) into the loc
+    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+
+
+def _suggest(model: type[BaseModel], loc: list[str | int]) -> str:
+    key = str(loc[-1])
+    fields = _fields_at(model, loc[:-1])
+    if not fields:
+        return "remove it"
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return "valid keys: " + ", ".join(sorted(fields))
+
+
+def _fields_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:
+    """Field names of the section at `loc`, following the annotations of `model`."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(part, int):
+            args = typing.get_args(annotation)
+            annotation = args[0] if args else None
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            annotation = field.annotation if field else None
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional/Annotated wrappers down to the one model or container inside."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation

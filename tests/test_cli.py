@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+
+from llmtrain.cli import main
+from tests.conftest import REPO, run_cli
+
+
+def test_version_and_help():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("llmtrain ")
+    result = run_cli("--help")
+    assert result.returncode == 0 and "config" in result.stdout
+
+
+def test_help_and_config_do_not_import_the_training_stack(tmp_path):
+    code = (
+        "import sys, contextlib, io\n"
+        "from llmtrain.cli import main\n"
+        "for argv in (['config', 'show', sys.argv[1]], ['config', 'schema']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'deepspeed', 'trl', 'datasets') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    recipe = REPO / "recipes" / "tiny.yaml"
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(recipe)], capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert elapsed < 2.0
+
+
+def test_config_show_prints_resolved_recipe():
+    result = run_cli("config", "show", str(REPO / "recipes" / "tiny.yaml"), "--set", "seed=99")
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["seed"] == 99
+    assert shown["output_dir"] == str(REPO / "runs" / "tiny-demo")
+
+
+def test_config_check_and_schema(capsys):
+    main(["config", "check", str(REPO / "recipes" / "tiny.yaml")])
+    assert capsys.readouterr().out.startswith("ok: ")
+    main(["config", "schema"])
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "Recipe"
+    assert "output_dir" in schema["required"]
+
+
+def test_user_error_exits_2_without_traceback(write_recipe):
+    path = write_recipe("name: t\noutput_dir: out\nseed: fast\n")
+    result = run_cli("config", "check", str(path))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"llmtrain: error: {path}: seed: expected an integer, got 'fast'"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_traceback(write_recipe):
+    path = write_recipe("name: t\noutput_dir: out\nseed: fast\n")
+    result = run_cli("--debug", "config", "check", str(path))
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    result = run_cli("config", "check", str(path), "--debug")
+    assert "Traceback" in result.stderr
+
+
+def test_unknown_command_exits_2():
+    result = run_cli("pretrian")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
