@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from llmtrain import __version__
 from llmtrain.errors import LLMTrainError
 
-STAGE_COMMANDS: tuple[str, ...] = ()
+STAGE_COMMANDS: tuple[str, ...] = ("llmtrain.train.align.cli",)
 """Modules with a `register(subparsers)` function, in the order their commands are listed."""
 
 USER_ERROR_EXIT = 2
@@ -33,6 +33,21 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a recipe key, e.g. --set pretrain.lr=3e-4 (value parsed as YAML; repeatable)",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--resume and --overwrite, for every command that writes a run directory."""
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint of the run directory, or from CHECKPOINT",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete the run directory and start again"
     )
 
 
