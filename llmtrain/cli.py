@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate a recipe without running anything", parents=[common]
     )
     add_recipe_arguments(check)
+    check.add_argument(
+        "--skip-inputs",
+        action="store_true",
+        help="do not check that input files exist (a recipe meant for another machine)",
+    )
     check.set_defaults(func=_config_check)
     schema = config_commands.add_parser(
         "schema", help="print the JSON schema of the recipe", parents=[common]
@@ -107,6 +112,8 @@ def _config_show(args: argparse.Namespace) -> None:
 def _config_check(args: argparse.Namespace) -> None:
     recipe = load_recipe_from_args(args)
     sections = [name for name, value in recipe if value is not None]
+    if not args.skip_inputs:
+        recipe.check_inputs(*sections)
     print(f"ok: {args.recipe} ({', '.join(sections)})")
 
 

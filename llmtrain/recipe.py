@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from llmtrain.errors import RecipeError
-from llmtrain.schema import OutputPath, Section, SourcedStr, tag_strings
+from llmtrain.schema import OutputPath, Section, SourcedStr, missing_inputs, tag_strings
 from llmtrain.tracking import LoggingSection
 
 STAGES = ("tokenizer", "data", "pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval")
@@ -63,6 +63,21 @@ class Recipe(Section):
                 f"add one (see docs/recipes.md#{name})"
             )
         return value
+
+    def check_inputs(self, *sections: str) -> None:
+        """Raise a RecipeError listing every input file of these sections that does not exist."""
+        problems = []
+        for name in sections:
+            value = getattr(self, name)
+            if isinstance(value, BaseModel):
+                problems.extend(missing_inputs(value, name))
+        if problems:
+            where = f"{self._source}: " if self._source else ""
+            if len(problems) == 1:
+                raise RecipeError(where + problems[0])
+            raise RecipeError(
+                f"{where}{len(problems)} input files are missing:\n  " + "\n  ".join(problems)
+            )
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (defaults filled in, paths absolute) as YAML."""

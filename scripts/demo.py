@@ -1,5 +1,7 @@
 """The demo pipeline run by `make demo`: every stage that exists, on recipes/tiny.yaml.
 
+The corpus is collected on this machine first (scripts/collect_corpus.py -> runs/corpus/).
+
 Each step is an `llmtrain` command, printed before it runs; the first failure stops the demo.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "recipes" / "tiny.yaml")
+CORPUS = REPO / "runs" / "corpus"
 
 STEPS: list[list[str]] = [
     ["config", "check", RECIPE],
@@ -21,6 +24,10 @@ STEPS: list[list[str]] = [
 
 def main() -> None:
     start = time.perf_counter()
+    print(f"$ python scripts/collect_corpus.py {CORPUS}", flush=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "collect_corpus.py"), str(CORPUS)], check=True
+    )
     for step in STEPS:
         print(f"\n$ llmtrain {shlex.join(step)}", flush=True)
         result = subprocess.run([sys.executable, "-m", "llmtrain", *step], cwd=REPO)

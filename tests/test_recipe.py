@@ -3,7 +3,7 @@ import pytest
 from llmtrain.distributed import DeepSpeedSection
 from llmtrain.errors import RecipeError
 from llmtrain.recipe import load_recipe, validate_section
-from llmtrain.schema import InputGlob, InputPath, Section, tag_strings
+from llmtrain.schema import InputGlob, InputPath, Section, missing_inputs, tag_strings
 
 
 def test_minimal_recipe_fills_defaults(write_recipe, tmp_path):
@@ -74,24 +74,31 @@ def test_several_problems_are_all_listed(write_recipe):
 class _Inputs(Section):
     corpus: InputPath
     patterns: list[InputGlob] = []
+    deepspeed: DeepSpeedSection | None = None
 
 
-def test_missing_input_file_names_key_and_path(tmp_path):
-    with pytest.raises(RecipeError) as err:
-        validate_section(_Inputs, {"corpus": str(tmp_path / "nope.jsonl")}, source="r.yaml")
-    assert str(err.value) == f"r.yaml: corpus: file not found: {tmp_path / 'nope.jsonl'}"
-
-
-def test_glob_that_matches_nothing_is_an_error(tmp_path):
+def test_missing_input_files_are_listed_with_their_keys(tmp_path):
     (tmp_path / "a.jsonl").write_text("{}\n")
-    with pytest.raises(RecipeError, match=r"patterns\[1\]: no file matches .*\*.parquet"):
-        validate_section(
-            _Inputs,
+    section = validate_section(
+        _Inputs,
+        tag_strings(
             {
-                "corpus": str(tmp_path / "a.jsonl"),
-                "patterns": [str(tmp_path / "*.jsonl"), str(tmp_path / "*.parquet")],
+                "corpus": "nope.jsonl",
+                "patterns": ["*.jsonl", "*.parquet"],
+                "deepspeed": {"config": "ds.json"},
             },
-        )
+            tmp_path,
+        ),
+    )
+    assert missing_inputs(section, "data") == [
+        f"data.corpus: file not found: {tmp_path / 'nope.jsonl'}",
+        f"data.patterns[1]: no file matches {tmp_path / '*.parquet'}",
+        f"data.deepspeed.config: file not found: {tmp_path / 'ds.json'}",
+    ]
+    (tmp_path / "nope.jsonl").write_text("{}\n")
+    (tmp_path / "b.parquet").write_text("")
+    (tmp_path / "ds.json").write_text("{}")
+    assert missing_inputs(section) == []
 
 
 def test_relative_paths_resolve_against_the_recipe_folder(write_recipe, tmp_path):

@@ -1,0 +1,70 @@
+"""Collect the demo corpus on this machine: nothing is downloaded.
+
+    python scripts/collect_corpus.py runs/corpus
+
+writes
+    stdlib_docs.jsonl     docstrings of Python's standard library (documentation text)
+    stdlib_source.jsonl   standard library source files (code), capped by --source-mb
+    arithmetic.jsonl      arithmetic problems with worked answers, as pretraining text
+    sft.jsonl             arithmetic chat records {"messages": [...]} for SFT
+    preferences.jsonl     {"prompt", "chosen", "rejected"} pairs for the reward model and DPO
+    prompts.jsonl         {"prompt", "answer"} for PPO and GRPO
+    eval_arithmetic.jsonl held-out problems {"prompt", "answer"}, never in any training file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from llmtrain.data_pipeline import arithmetic
+from llmtrain.data_pipeline.stdlib_corpus import iter_documents, write_jsonl
+
+
+def collect(out_dir: Path, source_mb: float, seed: int = 1234, held_out: int = 100) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "stdlib_docs.jsonl", iter_documents("docs"))
+    write_jsonl(
+        out_dir / "stdlib_source.jsonl", iter_documents("source", max_bytes=int(source_mb * 2**20))
+    )
+    problems = arithmetic.make_problems(10**6, seed=seed)
+    train, evaluation = arithmetic.split_problems(problems, held_out)
+    lines = [f"{p.question} {p.solution()}" for p in train]
+    write_jsonl(
+        out_dir / "arithmetic.jsonl",
+        ("\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)),
+    )
+    rng = random.Random(seed)
+    write_jsonl_records(out_dir / "sft.jsonl", [arithmetic.sft_record(p) for p in train])
+    write_jsonl_records(
+        out_dir / "preferences.jsonl", [arithmetic.preference_record(p, rng) for p in train]
+    )
+    write_jsonl_records(out_dir / "prompts.jsonl", [arithmetic.prompt_record(p) for p in train])
+    write_jsonl_records(
+        out_dir / "eval_arithmetic.jsonl", [arithmetic.prompt_record(p) for p in evaluation]
+    )
+
+
+def write_jsonl_records(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--source-mb", type=float, default=4.0, help="cap on stdlib source text")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    collect(args.out_dir, args.source_mb, args.seed)
+    for path in sorted(args.out_dir.glob("*.jsonl")):
+        print(f"{path}  {path.stat().st_size / 2**20:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
