@@ -110,8 +110,10 @@ def _config_show(args: argparse.Namespace) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> None:
+    from pydantic import BaseModel
+
     recipe = load_recipe_from_args(args)
-    sections = [name for name, value in recipe if value is not None]
+    sections = [name for name, value in recipe if isinstance(value, BaseModel)]
     if not args.skip_inputs:
         recipe.check_inputs(*sections)
     print(f"ok: {args.recipe} ({', '.join(sections)})")
