@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from llmtrain import __version__
 from llmtrain.errors import LLMTrainError
 
-STAGE_COMMANDS: tuple[str, ...] = ("llmtrain.train.align.cli",)
+STAGE_COMMANDS: tuple[str, ...] = (
+    "llmtrain.train.align.cli",
+    "llmtrain.train.evaluate.cli",
+)
 """Modules with a `register(subparsers)` function, in the order their commands are listed."""
 
 USER_ERROR_EXIT = 2

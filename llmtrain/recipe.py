@@ -24,6 +24,7 @@ from pydantic import BaseModel, PrivateAttr, ValidationError
 from llmtrain.errors import RecipeError
 from llmtrain.schema import OutputPath, Section, SourcedStr, missing_inputs, tag_strings
 from llmtrain.tracking import LoggingSection
+from llmtrain.train.evaluate.config import EvalSection
 
 STAGES = ("tokenizer", "data", "pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval")
 """Every pipeline stage, in the order `llmtrain run` runs them; each writes <output_dir>/<stage>/."""
@@ -39,6 +40,7 @@ class Recipe(Section):
     seed: int = 1234
     """Seed for every random choice (sampling, shuffling, initialisation, masking)."""
     logging: LoggingSection = LoggingSection()
+    eval: EvalSection | None = None
 
     _source: Path | None = PrivateAttr(default=None)
 

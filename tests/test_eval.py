@@ -1,0 +1,146 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from llmtrain.errors import InputDataError, StageInputError
+from llmtrain.recipe import load_recipe
+from llmtrain.train.evaluate.perplexity import _stream_windows, perplexity_on_texts
+from llmtrain.train.evaluate.runner import evaluate_recipe
+from llmtrain.train.evaluate.tasks import (
+    continuation_logprobs,
+    load_task_records,
+    run_multiple_choice_task,
+    with_fewshot,
+)
+from tests.test_generation import WORDS, log_table, make
+
+
+def test_multiple_choice_scores_by_likelihood_and_per_byte(tmp_path):
+    a, b, c = (WORDS.index(w) for w in "abc")
+    table = log_table({0: {a: 0.5, b: 0.5}, b: {c: 0.8, a: 0.2}})
+    model, tokenizer = make(table)
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps({"prompt": "<s>", "choices": ["a", "b c"], "answer": 1}) + "\n")
+    records = load_task_records(path, "multiple_choice")
+    logprobs = continuation_logprobs(model, tokenizer, [("<s>", " a"), ("<s>", " b c")])
+    assert logprobs == pytest.approx([math.log(0.5), math.log(0.5 * 0.8)], abs=1e-5)
+    result = run_multiple_choice_task(model, tokenizer, records, ["<s>"])
+    # raw likelihood prefers "a" (0.5 > 0.4); per byte prefers "b c" (log 0.4 / 4 > log 0.5 / 2)
+    assert result.metrics == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+
+
+def test_fewshot_prompt_plain_and_chat(tmp_path):
+    path = tmp_path / "g.jsonl"
+    rows = [
+        {"prompt": f"What is {i} + 1?", "answer": i + 1, "completion": f"It is {i + 1}."}
+        for i in range(3)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second, third = load_task_records(path, "generation")
+    assert with_fewshot(third, [first, second], chat=False) == (
+        "What is 0 + 1? It is 1.\n\nWhat is 1 + 1? It is 2.\n\nWhat is 2 + 1?"
+    )
+    assert with_fewshot(third, [first], chat=True) == [
+        {"role": "user", "content": "What is 0 + 1?"},
+        {"role": "assistant", "content": "It is 1."},
+        {"role": "user", "content": "What is 2 + 1?"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"answer": 1}, r"mc.jsonl:1: a task record needs a non-empty 'prompt'"),
+        ({"prompt": "q"}, r"mc.jsonl:1: a task record needs an 'answer'"),
+        ({"prompt": "q", "answer": 0, "choices": ["x"]}, r"needs 'choices': a list of 2\+ strings"),
+        (
+            {"prompt": "q", "answer": 5, "choices": ["x", "y"]},
+            r"answer index 5 is outside the 2 choices",
+        ),
+        (
+            {"prompt": "q", "answer": "z", "choices": ["x", "y"]},
+            r"must be a choice index or one of the choices",
+        ),
+    ],
+)
+def test_bad_task_records(tmp_path, record, message):
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(InputDataError, match=message):
+        load_task_records(path, "multiple_choice")
+
+
+def test_every_token_is_predicted_once():
+    tokens = list(range(23))
+    windows = list(_stream_windows(tokens, seq_len=5, batch_size=2))
+    predicted = [t for w in windows for row in w.tolist() for t in row[1:]]
+    assert predicted == tokens[1:]
+
+
+def test_eval_of_an_untrained_model_is_near_uniform(tiny_causal_lm_dir, tmp_path, write_recipe):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_causal_lm_dir, model_dir)
+    rows = [
+        {"prompt": [{"role": "user", "content": f"What is {i} + 2?"}], "answer": str(i + 2)}
+        for i in range(4)
+    ]
+    (tmp_path / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mc = [
+        {"prompt": f"{i} plus one is", "choices": [str(i + 1), str(i + 7)], "answer": 0}
+        for i in range(4)
+    ]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc))
+    (tmp_path / "text.txt").write_text("def f(x):\n    return x + 1\n" * 40)
+    path = write_recipe(
+        f"""
+        name: t
+        output_dir: out
+        eval:
+          models: [{model_dir}]
+          perplexity: {{files: [text.txt], max_tokens: 2000}}
+          tasks:
+            - {{name: arith, path: arith.jsonl, type: generation,
+               decoding: {{max_new_tokens: 4, answer_pattern: 'The answer is (-?\\d+)'}}}}
+            - {{name: mc, path: mc.jsonl, type: multiple_choice, num_fewshot: 1}}
+        """
+    )
+    recipe = load_recipe(path)
+    results = evaluate_recipe(recipe)["model"]
+    ppl = results["perplexity"]["text.txt"]
+    vocab = 576
+    assert vocab / 2 < ppl["perplexity"] < vocab * 2
+    assert ppl["bits_per_byte"] > 0
+    assert results["tasks"]["arith"] == {"exact_match": 0.0, "n": 4}
+    assert set(results["tasks"]["mc"]) == {"acc", "acc_norm", "n"}
+    out = recipe.stage_dir("eval")
+    assert json.loads((out / "model.json").read_text())["tasks"]["mc"]["n"] == 4
+    assert len((out / "samples" / "model-arith.jsonl").read_text().splitlines()) == 4
+    assert "| model |" in (out / "results.md").read_text()
+
+
+def test_eval_names_the_missing_stage(write_recipe):
+    recipe = load_recipe(write_recipe("name: t\noutput_dir: out\neval: {models: [sft]}\n"))
+    with pytest.raises(
+        StageInputError, match=r"eval: .*sft/final does not exist; run the sft stage first"
+    ):
+        evaluate_recipe(recipe)
+    recipe = load_recipe(write_recipe("name: t\noutput_dir: out\neval: {models: [nonsense]}\n"))
+    with pytest.raises(StageInputError, match=r"'nonsense' is neither a stage"):
+        evaluate_recipe(recipe)
+
+
+def test_perplexity_of_a_model_that_knows_the_text_is_low():
+    a, b = WORDS.index("a"), WORDS.index("b")
+    table = log_table({a: {b: 0.99, a: 0.01}, b: {a: 0.98, 7: 0.01, b: 0.01}})
+    model, tokenizer = make(table)
+    result = perplexity_on_texts(model, tokenizer, ["a b a b a b"], seq_len=4)
+    expected_nll = -(3 * math.log(0.99) + 2 * math.log(0.98) + math.log(0.01))
+    assert result["tokens"] == 6  # 6 words + </s> - the first token
+    assert result["loss"] == pytest.approx(expected_nll / 6, rel=1e-4)
+    uniform, tokenizer = make(torch.zeros(len(WORDS), len(WORDS)))
+    assert perplexity_on_texts(uniform, tokenizer, ["a b a b a b"], seq_len=4)[
+        "perplexity"
+    ] == pytest.approx(len(WORDS))
