@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in STAGE_COMMANDS:
         importlib.import_module(module_name).register(commands, common)
 
+    report = commands.add_parser(
+        "report",
+        help="Markdown report (curves, data mixture, metrics, eval) of a pipeline",
+        parents=[common],
+    )
+    report.add_argument("output_dir", help="the recipe's output_dir")
+    report.set_defaults(func=_report)
+
     config = commands.add_parser("config", help="show, check or describe recipes", parents=[common])
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_commands.add_parser(
@@ -106,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(func=_config_schema)
     return parser
+
+
+def _report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from llmtrain.report import build_report
+
+    print(build_report(Path(args.output_dir)))
 
 
 def _config_show(args: argparse.Namespace) -> None:
