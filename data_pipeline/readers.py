@@ -75,7 +75,8 @@ def is_datasets_dir(path: Path) -> bool:
     )
 
 
-def _format_of(path: Path) -> str:
+def file_format(path: Path) -> str:
+    """'datasets', 'jsonl', 'parquet' or 'text', from the path (see the module doc)."""
     if is_datasets_dir(path):
         return "datasets"
     suffixes = path.suffixes
@@ -102,6 +103,28 @@ def open_binary(path: Path) -> BinaryIO:
         return open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise InputDataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> InputDataError:
+    kind = {".gz": "gzip", ".zst": "zstandard"}.get(path.suffix, "")
+    what = f"a damaged or truncated {kind} file" if kind else "a damaged file"
+    return InputDataError(
+        f"{path}: cannot read ({type(exc).__name__}: {exc}); it looks like {what}: replace it, "
+        "or leave it out of the paths"
+    )
+
+
+def _read_lines(f: BinaryIO, path: Path) -> Iterator[bytes]:
+    """The lines of an open file; a read failure (damaged compressed data) names the file."""
+    lines = iter(f)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except Exception as exc:  # gzip, zstandard and OS errors differ in type
+            raise _unreadable(path, exc) from exc
+        yield line
 
 
 def _decode(data: bytes, path: Path, offset: int, errors: EncodingErrors, line: int | None) -> str:
@@ -131,7 +154,7 @@ def iter_records(
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
-    fmt = _format_of(path)
+    fmt = file_format(path)
     if fmt == "parquet":
         yield from _iter_parquet(path, stats)
     elif fmt == "datasets":
@@ -150,15 +173,18 @@ def _iter_jsonl(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     offset = 0
     with open_binary(path) as f:
-        for line_no, raw in enumerate(f, start=1):
+        for line_no, raw in enumerate(_read_lines(f, path), start=1):
             line_offset, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
             text = _decode(raw, path, line_offset, encoding_errors, line_no)
             try:
-                record = json.loads(text)
+                record = json.loads(text.rstrip("\r\n"))  # columns as the line shows them
             except json.JSONDecodeError as exc:
-                reason = f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})"
+                reason = (
+                    f"{path}:{line_no}: invalid JSON ({exc.msg.removesuffix(' at')} at column "
+                    f"{exc.colno})"
+                )
                 if on_error == "skip":
                     stats.skip(reason)
                     continue
@@ -218,21 +244,23 @@ def iter_texts(
     on_error: OnError = "raise",
     encoding_errors: EncodingErrors = "strict",
     stats: ReadStats | None = None,
+    split: str = "train",
 ) -> Iterator[str]:
     """Yield the documents of one file as strings.
 
     Record files give `record[text_field]`; a record without it raises (or is skipped and
     counted with `on_error="skip"`). Plain text gives the whole file as one document
     (`text_mode="file"`), one per line (`"line"`) or one per blank-line-separated paragraph
-    (`"paragraph"`); empty documents are never yielded.
+    (`"paragraph"`); empty documents are never yielded. `split` picks the split of a
+    `datasets` DatasetDict directory.
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
-    if _format_of(path) == "text":
+    if file_format(path) == "text":
         yield from _iter_plain_text(path, text_mode, encoding_errors, stats)
         return
     for line_no, record in iter_records(
-        path, on_error=on_error, encoding_errors=encoding_errors, stats=stats
+        path, on_error=on_error, encoding_errors=encoding_errors, stats=stats, split=split
     ):
         text = record.get(text_field)
         if not isinstance(text, str):
@@ -262,14 +290,18 @@ def _iter_plain_text(
 ) -> Iterator[str]:
     with open_binary(path) as f:
         if text_mode == "file":
-            text = _decode(f.read(), path, 0, encoding_errors, None)
+            try:
+                data = f.read()
+            except Exception as exc:  # gzip, zstandard and OS errors differ in type
+                raise _unreadable(path, exc) from exc
+            text = _decode(data, path, 0, encoding_errors, None)
             if text.strip():
                 stats.records += 1
                 yield text
             return
         offset = 0
         paragraph: list[str] = []
-        for line_no, raw in enumerate(f, start=1):
+        for line_no, raw in enumerate(_read_lines(f, path), start=1):
             line = _decode(raw, path, offset, encoding_errors, line_no)
             offset += len(raw)
             if text_mode == "line":

@@ -18,6 +18,9 @@ from llmtrain import __version__
 from llmtrain.errors import LLMTrainError
 
 STAGE_COMMANDS: tuple[str, ...] = (
+    "llmtrain.tokenizer.cli",
+    "llmtrain.data_pipeline.cli",
+    "llmtrain.train.cli",
     "llmtrain.train.align.cli",
     "llmtrain.train.evaluate.cli",
 )
@@ -82,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in STAGE_COMMANDS:
         importlib.import_module(module_name).register(commands, common)
 
+    run = commands.add_parser(
+        "run", help="run the recipe's stages in order, skipping finished ones", parents=[common]
+    )
+    add_recipe_arguments(run)
+    run.add_argument(
+        "--stages",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        metavar="A,B,...",
+        help="run only these stages (default: every stage the recipe has)",
+    )
+    run.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
+    run.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="launch training stages with torchrun on N processes",
+    )
+    run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
+    run.set_defaults(func=_run_pipeline)
+
     report = commands.add_parser(
         "report",
         help="Markdown report (curves, data mixture, metrics, eval) of a pipeline",
@@ -114,6 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(func=_config_schema)
     return parser
+
+
+def _run_pipeline(args: argparse.Namespace) -> None:
+    from llmtrain.pipeline import run_pipeline
+
+    recipe = load_recipe_from_args(args)
+    run_pipeline(
+        recipe,
+        args.recipe,
+        args.overrides,
+        stages=args.stages,
+        start=args.start,
+        nproc_per_node=args.nproc_per_node,
+        dry_run=args.dry_run,
+    )
+    if not args.dry_run:
+        from llmtrain.report import build_report
+
+        print(f"report: {build_report(recipe.output_dir)}")
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -21,9 +21,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
+from llmtrain.data_pipeline.config import DataSection
 from llmtrain.errors import RecipeError
 from llmtrain.schema import OutputPath, Section, SourcedStr, missing_inputs, tag_strings
+from llmtrain.tokenizer.config import TokenizerSection
 from llmtrain.tracking import LoggingSection
+from llmtrain.train.align.config import DPOSection, RMSection, SFTSection
+from llmtrain.train.align.rl_config import GRPOSection, PPOSection
+from llmtrain.train.config import ModelSection, PretrainSection
 from llmtrain.train.evaluate.config import EvalSection
 
 STAGES = ("tokenizer", "data", "pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval")
@@ -40,6 +45,15 @@ class Recipe(Section):
     seed: int = 1234
     """Seed for every random choice (sampling, shuffling, initialisation, masking)."""
     logging: LoggingSection = LoggingSection()
+    tokenizer: TokenizerSection | None = None
+    data: DataSection | None = None
+    model: ModelSection | None = None
+    pretrain: PretrainSection | None = None
+    sft: SFTSection | None = None
+    rm: RMSection | None = None
+    dpo: DPOSection | None = None
+    ppo: PPOSection | None = None
+    grpo: GRPOSection | None = None
     eval: EvalSection | None = None
 
     _source: Path | None = PrivateAttr(default=None)

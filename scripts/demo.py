@@ -19,6 +19,14 @@ CORPUS = REPO / "runs" / "corpus"
 
 STEPS: list[list[str]] = [
     ["config", "check", RECIPE],
+    ["tokenizer", RECIPE],
+    # the mixture in token shards; reruns reuse finished steps, --overwrite takes new settings
+    ["data", RECIPE, "--overwrite"],
+    ["pretrain", RECIPE, "--overwrite"],
+    # after pretraining: chat SFT of pretrain/final, then a reward model and DPO from sft/final
+    ["align", "--method", "sft", RECIPE, "--overwrite"],
+    ["align", "--method", "rm", RECIPE, "--overwrite"],
+    ["align", "--method", "dpo", RECIPE, "--overwrite"],
 ]
 
 

@@ -120,3 +120,30 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 def tiny_causal_lm_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     """A freshly initialised tiny Llama; copy it before training if a test writes into it."""
     return build_tiny_causal_lm(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def sft_arithmetic(tiny_causal_lm_dir, tmp_path_factory):
+    """The tiny Llama after `align --method sft` on arithmetic chats, as (recipe, trainer);
+    recipe.stage_dir("sft") / "final" is the input of the rm and dpo tests."""
+    from tests.align_support import train_sft
+
+    return train_sft(tmp_path_factory.mktemp("sft-arithmetic"), tiny_causal_lm_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_corpus(tmp_path_factory) -> Path:
+    """~250 KB of jsonl ({"text"}): stdlib docs and source, arithmetic, and lines in other
+    scripts, for the tokenizer stage's tests."""
+    from tests.tokenizer_support import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("tokenizer-corpus") / "corpus.jsonl")
+
+
+@pytest.fixture(scope="session")
+def rl_policy(tiny_causal_lm_dir, tmp_path_factory) -> Path:
+    """The tiny Llama fine-tuned (plain torch) to answer small sums, ending with "The answer
+    is N." only one time in five: the PPO and GRPO tests' starting policy."""
+    from tests.rl_support import sft_policy
+
+    return sft_policy(tiny_causal_lm_dir, tmp_path_factory.mktemp("rl-policy"), steps=150)

@@ -1,7 +1,10 @@
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -45,8 +48,20 @@ def test_config_show_prints_resolved_recipe():
     assert shown["output_dir"] == str(REPO / "runs" / "tiny-demo")
 
 
-def test_config_check_and_schema(capsys):
-    main(["config", "check", str(REPO / "recipes" / "tiny.yaml")])
+def test_config_check_and_schema(capsys, tmp_path):
+    """The demo recipe checks once its corpus exists (scripts/collect_corpus.py writes it; here
+    empty stand-ins at the same relative paths), and names every missing input before."""
+    recipe = tmp_path / "recipes" / "tiny.yaml"
+    recipe.parent.mkdir()
+    shutil.copy(REPO / "recipes" / "tiny.yaml", recipe)
+    result = run_cli("config", "check", str(recipe))
+    assert result.returncode == 2
+    missing = sorted(set(re.findall(r"file not found: (\S+)", result.stderr)))
+    assert missing and all(Path(m).parent == tmp_path / "runs" / "corpus" for m in missing)
+    for path in missing:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch()
+    main(["config", "check", str(recipe)])
     assert capsys.readouterr().out.startswith("ok: ")
     main(["config", "schema"])
     schema = json.loads(capsys.readouterr().out)

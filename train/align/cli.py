@@ -11,7 +11,13 @@ import importlib
 
 from llmtrain.cli import add_recipe_arguments, add_run_arguments, load_recipe_from_args
 
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "sft": "llmtrain.train.align.sft:run_sft",
+    "rm": "llmtrain.train.align.rm:run_rm",
+    "dpo": "llmtrain.train.align.dpo:run_dpo",
+    "ppo": "llmtrain.train.align.ppo:run_ppo",
+    "grpo": "llmtrain.train.align.grpo:run_grpo",
+}
 """method name -> "module:function"; the function takes (recipe, args)."""
 
 

@@ -1,0 +1,794 @@
+"""`llmtrain data`: the build driver. Steps, each recorded when complete:
+
+    scan/<source>/<file>      read, clean, filter, hash one input file       (parallel chunks)
+    dedup                     exact + near dedup over all sources, decontamination
+    shard/<source>/<split>-N  tokenize one shard of one source and split     (parallel shards)
+    manifest.json, report.md  mixture plan and checks; written last: a build is complete
+                              exactly when its manifest exists
+
+A step's record (`work/steps/<step>.json`) holds the fingerprint of everything its output
+depends on (settings, input file sizes and times, the tokenizer, the steps before it) and
+the names of its outputs. On a re-run a step whose record matches and whose outputs exist is
+skipped, so an interrupted build redoes only unfinished work and a finished build does
+nothing. `build.json` holds the fingerprint of the whole `data:` section, the seed and the
+tokenizer: a different recipe is refused unless `overwrite`, and then only the steps whose
+fingerprints changed are redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from llmtrain import __version__
+from llmtrain.atomic import atomic_path, atomic_write_json, atomic_write_text
+from llmtrain.errors import InputDataError, RunDirError
+
+from .config import DataSection
+from .decontam import EvalNgrams, eval_files
+from .dedup import CONTAMINATED, EXACT, KEPT, NEAR, Corpus, deduplicate
+from .manifest import FORMAT_VERSION, MANIFEST, render_report
+from .mixture import plan_mixture, shard_ranges, source_key, validation_documents
+from .readers import ReadStats, expand_paths
+from .scan import (
+    ScanOutput,
+    ScanWriter,
+    init_worker,
+    make_context,
+    read_chunks,
+    run_chunks,
+)
+from .shards import dtype_name
+from .tokenize import ShardTask, TokenizerInfo, init_encoder, load_tokenizer, write_shard
+
+log = logging.getLogger("llmtrain.data")
+
+BUILD_RECORD = "build.json"
+REPORT = "report.md"
+
+
+def fingerprint(*parts: Any) -> str:
+    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_stamp(path: Path) -> list:
+    """What identifies an input file's content cheaply: path, size, modification time."""
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+class Steps:
+    """Completion records of the build's steps (see the module doc)."""
+
+    def __init__(self, build_dir: Path):
+        self.build_dir = build_dir
+        self.directory = build_dir / "work" / "steps"
+
+    def _path(self, name: str) -> Path:
+        return self.directory / (name.replace("/", "--") + ".json")
+
+    def done(self, name: str, fp: str, *, need_outputs: bool = True) -> dict | None:
+        """The step's result when it is complete with this fingerprint (and its outputs are
+        still there, when `need_outputs`), else None."""
+        path = self._path(name)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("fingerprint") != fp:
+            return None
+        if need_outputs and not all(
+            (self.build_dir / output).exists() for output in record["outputs"]
+        ):
+            return None
+        return record["result"]
+
+    def record(self, name: str, fp: str, outputs: list[str], result: dict) -> None:
+        atomic_write_json(
+            self._path(name), {"fingerprint": fp, "outputs": outputs, "result": result}
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The build directory: identity, lock, overwrite
+
+
+def _settings(recipe: Any, section: DataSection, info: TokenizerInfo) -> dict:
+    return {
+        # settings that change no output (processes, keeping work files) are left out
+        "data": section.model_dump(mode="json", exclude={"num_proc", "keep_intermediate"}),
+        "seed": recipe.seed,
+        "tokenizer": info.fingerprint,
+    }
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        out = []
+        for key in keys:
+            out.extend(
+                _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            )
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            out.extend(_differences(a, b, f"{prefix}[{index}]"))
+        return out
+    return [] if old == new else [prefix]
+
+
+def _visible_entries(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if not p.name.startswith(".")]
+
+
+def prepare_directory(out: Path, settings: dict, overwrite: bool) -> bool:
+    """Make `out` ready for this build; True when it already holds the finished build."""
+    record_path = out / BUILD_RECORD
+    identity = fingerprint(settings)
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("fingerprint") == identity:
+            if (out / MANIFEST).is_file():
+                return True
+            _remove_temporaries(out)  # an interrupted build: resume it
+            return False
+        if not overwrite:
+            changed = _differences(record.get("settings", {}), settings)
+            listing = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+            raise RunDirError(
+                f"{out} holds a data build made with other settings (changed: {listing}); "
+                "run `llmtrain data` with --overwrite to rebuild it (steps whose inputs did "
+                "not change are reused), or set output_dir to another directory"
+            )
+        log.info("%s was built with other settings; rebuilding (--overwrite)", out)
+    elif out.is_dir() and _visible_entries(out):
+        if not overwrite:
+            raise RunDirError(
+                f"{out} exists and is not a data build (no {BUILD_RECORD}); move it away, or "
+                "run with --overwrite to delete its contents"
+            )
+        for entry in _visible_entries(out):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out)
+    # from here on the directory holds no complete build until the new manifest is written
+    for name in (MANIFEST, REPORT):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    atomic_write_json(record_path, {"fingerprint": identity, "settings": settings})
+    return False
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete what a killed build left half-written (atomic writes' temporary names)."""
+    for path in sorted(out.rglob(".*"), reverse=True):
+        if ".tmp-" in path.name or ".old-" in path.name:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"another `llmtrain data` is writing {out}; wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# The build
+
+
+class DataBuild:
+    def __init__(
+        self, recipe: Any, section: DataSection, out: Path, tokenizer: Any, info: TokenizerInfo
+    ):
+        self.recipe = recipe
+        self.tokenizer = tokenizer
+        self.section = section
+        self.out = out
+        self.info = info
+        self.steps = Steps(out)
+        self.num_proc = section.num_proc or os.cpu_count() or 1
+        self.files = {
+            source.name: expand_paths(source.paths, key=f"data.sources[{index}].paths")
+            for index, source in enumerate(section.sources)
+        }
+        decontamination = section.decontamination
+        self.eval_files = eval_files(decontamination) if decontamination.eval_files else []
+        self.eval_fingerprint = fingerprint(
+            decontamination.model_dump(mode="json"), [file_stamp(f) for f in self.eval_files]
+        )
+
+    def run(self) -> dict:
+        finished = self._finished_steps()
+        if finished is not None:  # only the manifest is missing (or its settings changed)
+            log.info("every step was done before; writing the manifest")
+            scans, dedup, shards = finished
+        else:
+            scans = self.scan()
+            dedup = self.dedup(scans)
+            shards = self.tokenize()
+        return self.finish(scans, dedup, shards)
+
+    def _finished_steps(self) -> tuple[dict, dict, dict] | None:
+        """The records of every step when all shards are written with the current settings
+        (the scan and dedup outputs they came from are then not needed), else None."""
+        scans: dict[str, list[dict]] = {s.name: [] for s in self.section.sources}
+        for index, number, path in self._scan_files_list():
+            source = self.section.sources[index].name
+            name = f"scan/{source}/{number:05d}"
+            done = self.steps.done(name, self._scan_fingerprint(index, path), need_outputs=False)
+            if done is None:
+                return None
+            scans[source].append(done)
+        dedup = self.steps.done("dedup", self._dedup_fingerprint(), need_outputs=False)
+        if dedup is None:
+            return None
+        shards: dict[str, list[dict]] = {}
+        for source in self.section.sources:
+            plan_fp = self._plan_fingerprint(source.name)
+            plan = self.steps.done(f"shards/{source.name}", plan_fp)
+            if plan is None:
+                return None
+            shards[source.name] = []
+            for number, task in enumerate(plan["tasks"]):
+                name = f"shard/{source.name}/{Path(task['path']).stem}"
+                done = self.steps.done(name, fingerprint(plan_fp, number))
+                if done is None:
+                    return None
+                shards[source.name].append(done)
+        return scans, dedup, shards
+
+    def _scan_files_list(self) -> list[tuple[int, int, Path]]:
+        return [
+            (index, number, path)
+            for index, source in enumerate(self.section.sources)
+            for number, path in enumerate(self.files[source.name])
+        ]
+
+    def _dedup_fingerprint(self) -> str:
+        scan_fps = [self._scan_fingerprint(i, p) for i, _, p in self._scan_files_list()]
+        return fingerprint("dedup", scan_fps, self.section.dedup.model_dump(mode="json"))
+
+    def _plan_fingerprint(self, source: str) -> str:
+        return fingerprint(
+            "shards",
+            self._dedup_fingerprint(),
+            self.info.fingerprint,
+            self.section.validation.model_dump(mode="json"),
+            self.recipe.seed,
+            self._shard_limit,
+            source,
+        )
+
+    @property
+    def _shard_limit(self) -> int:
+        return int(self.section.shard_text_mb * 2**20)
+
+    # ------------------------------------------------------------------ scan
+
+    def _scan_fingerprint(self, index: int, path: Path) -> str:
+        source = self.section.sources[index]
+        near = self.section.dedup.near
+        return fingerprint(
+            "scan",
+            source.model_dump(mode="json", exclude={"weight", "max_epochs", "paths"}),
+            self.section.clean_of(source).model_dump(mode="json"),
+            self.section.filters_of(source).model_dump(mode="json"),
+            [near.ngram, near.bands, near.rows, near.seed],
+            self.eval_fingerprint,
+            file_stamp(path),
+        )
+
+    def scan(self) -> dict[str, list[dict]]:
+        """Per source, the record of each of its scanned files (in order)."""
+        todo = []
+        results: dict[str, list[dict | None]] = {s.name: [] for s in self.section.sources}
+        for index, number, path in self._scan_files_list():
+            source = self.section.sources[index]
+            name = f"scan/{source.name}/{number:05d}"
+            fp = self._scan_fingerprint(index, path)
+            done = self.steps.done(name, fp)
+            results[source.name].append(done)
+            if done is None:
+                todo.append((index, number, path, name, fp))
+        if todo:
+            self._scan_files(todo, results)
+        else:
+            log.info("scan: every file was scanned before")
+        for index, source in enumerate(self.section.sources):
+            self._check_not_emptied(index, results[source.name])
+        return results  # type: ignore[return-value]
+
+    def _scan_files(self, todo: list, results: dict[str, list]) -> None:
+        eval_ngrams = None
+        if self.eval_files:
+            d = self.section.decontamination
+            eval_ngrams = EvalNgrams(
+                self.eval_files, ngram=d.ngram, min_words=d.min_words, fields=d.fields
+            )
+            log.info(
+                "decontamination: %d eval items, %d n-grams from %d files",
+                sum(eval_ngrams.items),
+                eval_ngrams.size,
+                len(self.eval_files),
+            )
+            for path, items in zip(self.eval_files, eval_ngrams.items, strict=True):
+                if not items:
+                    log.warning(
+                        "decontamination: %s has no item of at least %d words; it can "
+                        "match nothing (lower data.decontamination.min_words to match short "
+                        "items)",
+                        path,
+                        d.min_words,
+                    )
+        context = make_context(self.section, eval_ngrams)
+        num_perm = context.minhasher.num_perm
+        with _pool(self.num_proc, init_worker, (context,)) as pool:
+            if pool is None:
+                init_worker(context)
+            for index, number, path, name, fp in todo:
+                source = self.section.sources[index]
+                started = time.perf_counter()
+                stats = ReadStats()
+                directory = self.out / "work" / "scan" / source.name / f"{number:05d}"
+                progress = tqdm(
+                    desc=f"scan {source.name} {path.name}", unit=" docs", disable=None, leave=False
+                )
+
+                with atomic_path(directory) as tmp, progress:
+                    writer = ScanWriter(tmp, num_perm)
+                    chunks = ((source.name, c) for c in read_chunks(path, source, stats))
+                    run_chunks(
+                        chunks,
+                        functools.partial(_add_chunk, writer=writer, progress=progress),
+                        pool,
+                        2 * self.num_proc,
+                    )
+                    writer.finish()
+                result = {
+                    "file": str(path),
+                    "read": writer.read,
+                    "read_errors_skipped": stats.skipped,
+                    "read_error_examples": stats.examples,
+                    "dropped": dict(sorted(writer.dropped.items())),
+                    "dropped_detail": dict(sorted(writer.dropped_detail.items())),
+                    "kept": writer.kept,
+                    "kept_bytes": writer.kept_bytes,
+                }
+                self.steps.record(name, fp, [str(directory.relative_to(self.out))], result)
+                results[source.name][number] = result
+                log.info(
+                    "scan %s: %s: %d documents read, %d kept (%.1f s)",
+                    source.name,
+                    path,
+                    writer.read,
+                    writer.kept,
+                    time.perf_counter() - started,
+                )
+
+    def _check_not_emptied(self, index: int, records: list[dict]) -> None:
+        source = self.section.sources[index]
+        read = sum(r["read"] for r in records)
+        if sum(r["kept"] for r in records) > 0:
+            return
+        where = f"data.sources[{index}] ({source.name})"
+        skipped = sum(r["read_errors_skipped"] for r in records)
+        if read == 0:
+            extra = f" ({skipped} records skipped as unreadable)" if skipped else ""
+            raise InputDataError(
+                f"{where}: its files hold no document{extra}; check data.sources[{index}].paths "
+                "and text_field"
+            )
+        dropped: dict[str, int] = {}
+        detail: dict[str, int] = {}
+        for r in records:
+            for key, value in r["dropped"].items():
+                dropped[key] = dropped.get(key, 0) + value
+            for key, value in r["dropped_detail"].items():
+                detail[key] = detail.get(key, 0) + value
+        top = max(dropped, key=lambda k: dropped[k])
+        checks = sorted(
+            ((k, v) for k, v in detail.items() if k.startswith(f"{top}.")), key=lambda kv: -kv[1]
+        )
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
+        check_text = ", ".join(f"{k.split('.', 1)[1]}: {v}" for k, v in checks)
+        if top == "empty":
+            fix = f"data.sources[{index}].clean removes all of their text"
+        else:
+            fix = (
+                f"loosen data.filters.{top} or turn it off for this source "
+                f"(data.sources[{index}].filters.{top}.enabled: false)"
+            )
+        raise InputDataError(
+            f"{where}: the filters removed all {read} documents ({counts}); the {top} filter "
+            f"removed the most ({check_text}); {fix}, then run `llmtrain data` again with "
+            "--overwrite (finished steps are reused)"
+        )
+
+    # ------------------------------------------------------------------ dedup
+
+    def _scan_outputs(self) -> list[tuple[str, ScanOutput]]:
+        return [
+            (source.name, ScanOutput(self.out / "work" / "scan" / source.name / f"{n:05d}"))
+            for source in self.section.sources
+            for n in range(len(self.files[source.name]))
+        ]
+
+    def dedup(self, scans: dict[str, list[dict]]) -> dict:
+        fp = self._dedup_fingerprint()
+        result = self.steps.done("dedup", fp)
+        if result is None:
+            result = self._deduplicate(fp)
+        else:
+            log.info("dedup: done before")
+        for index, source in enumerate(self.section.sources):
+            entry = result["sources"].get(source.name)
+            self._check_survives_dedup(index, entry, scans[source.name])
+        return result
+
+    def _deduplicate(self, fp: str) -> dict:
+        started = time.perf_counter()
+        outputs = self._scan_outputs()
+        corpus = Corpus([(name, output) for name, output in outputs])
+        status, stats = deduplicate(corpus, self.section.dedup)
+        contamination = corpus.concat("contamination").astype(np.int16)
+        per_source: dict[str, dict] = {}
+        for f, (name, _) in enumerate(outputs):
+            lo, hi = corpus.starts[f], corpus.starts[f + 1]
+            part, owner = status[lo:hi], contamination[lo:hi]
+            entry = per_source.setdefault(
+                name,
+                {"exact_duplicates": 0, "near_duplicates": 0, "decontaminated": {}, "kept": 0},
+            )
+            entry["exact_duplicates"] += int((part == EXACT).sum())
+            entry["near_duplicates"] += int((part == NEAR).sum())
+            entry["kept"] += int((part == KEPT).sum())
+            for eval_index in owner[part == CONTAMINATED]:
+                key = str(self.eval_files[int(eval_index)])
+                entry["decontaminated"][key] = entry["decontaminated"].get(key, 0) + 1
+        path = self.out / "work" / "dedup" / "status.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, status)
+        result = {"sources": per_source, "stats": stats}
+        self.steps.record("dedup", fp, [str(path.relative_to(self.out))], result)
+        log.info(
+            "dedup: %d documents, %d exact and %d near duplicates, %d contaminated (%.1f s)",
+            corpus.size,
+            int((status == EXACT).sum()),
+            int((status == NEAR).sum()),
+            int((status == CONTAMINATED).sum()),
+            time.perf_counter() - started,
+        )
+        return result
+
+    def _check_survives_dedup(self, index: int, entry: dict | None, records: list[dict]) -> None:
+        if entry is not None and entry["kept"] > 0:
+            return
+        source = self.section.sources[index]
+        entry = entry or {"exact_duplicates": 0, "near_duplicates": 0, "decontaminated": {}}
+        after_filters = sum(r["kept"] for r in records)
+        decontaminated = sum(entry["decontaminated"].values())
+        raise InputDataError(
+            f"data.sources[{index}] ({source.name}): all {after_filters} documents left after "
+            f"filtering were removed: {entry['exact_duplicates']} exact duplicates and "
+            f"{entry['near_duplicates']} near duplicates of documents of sources listed "
+            f"earlier, {decontaminated} overlapping eval files "
+            f"({', '.join(entry['decontaminated']) or 'none'}); drop the source, list it "
+            "earlier, or turn off data.dedup / data.decontamination for it, then run "
+            "`llmtrain data` again with --overwrite"
+        )
+
+    # ------------------------------------------------------------------ tokenize
+
+    def tokenize(self) -> dict[str, list[dict]]:
+        """Per source, the shard entries of its train and validation splits."""
+        status = None
+        tasks: list[tuple[str, str, ShardTask, int]] = []
+        shards: dict[str, list[dict | None]] = {}
+        outputs = None
+        for source in self.section.sources:
+            fp = self._plan_fingerprint(source.name)
+            plan = self.steps.done(f"shards/{source.name}", fp)
+            if plan is None:
+                if status is None:
+                    status = np.load(self.out / "work" / "dedup" / "status.npy")
+                    outputs = self._scan_outputs()
+                plan = self._plan_shards(source.name, status, outputs, self._shard_limit)
+                self.steps.record(f"shards/{source.name}", fp, [], plan)
+            shards[source.name] = []
+            for number, task in enumerate(plan["tasks"]):
+                name = f"shard/{source.name}/{Path(task['path']).stem}"
+                task_fp = fingerprint(fp, number)
+                done = self.steps.done(name, task_fp)
+                shards[source.name].append(done)
+                if done is None:
+                    shard_task = ShardTask(
+                        source=source.name,
+                        split=task["split"],
+                        path=task["path"],
+                        pieces=[
+                            (d, np.concatenate([np.arange(a, b) for a, b in runs]))
+                            for d, runs in task["pieces"]
+                        ],
+                    )
+                    tasks.append((name, task_fp, shard_task, number))
+        if tasks:
+            self._write_shards(tasks, shards)
+        else:
+            log.info("tokenize: every shard was written before")
+        return shards  # type: ignore[return-value]
+
+    def _plan_shards(
+        self, name: str, status: np.ndarray, outputs: list, limit: int
+    ) -> dict[str, Any]:
+        """Which kept documents go to which shard, for one source: per shard, its documents as
+        (scan directory relative to the build, [[start, stop), ...] runs of indices)."""
+        start = 0
+        directories: list[str] = []
+        file_of, local, sizes = [], [], []  # per kept document of the source
+        for source_name, output in outputs:
+            part = status[start : start + output.documents]
+            start += output.documents
+            if source_name != name:
+                continue
+            kept = np.flatnonzero(part == KEPT)
+            file_of.append(np.full(kept.size, len(directories), dtype=np.int64))
+            local.append(kept)
+            sizes.append(output.text_bytes(kept))
+            directories.append(str(output.directory.relative_to(self.out)))
+        file_of, local = np.concatenate(file_of), np.concatenate(local)
+        text_bytes = np.concatenate(sizes)
+        held_out = validation_documents(
+            local.size, self.section.validation, source_key(self.recipe.seed, name)
+        )
+        is_validation = np.zeros(local.size, dtype=bool)
+        is_validation[held_out] = True
+        tasks = []
+        for split, chosen in (
+            ("train", np.flatnonzero(~is_validation)),
+            ("validation", np.flatnonzero(is_validation)),
+        ):
+            for number, (lo, hi) in enumerate(shard_ranges(text_bytes[chosen], limit)):
+                docs = chosen[lo:hi]
+                pieces = [
+                    [directories[f], _runs(local[docs[file_of[docs] == f]])]
+                    for f in np.unique(file_of[docs])
+                ]
+                tasks.append(
+                    {
+                        "split": split,
+                        "path": f"shards/{name}/{split}-{number:05d}.bin",
+                        "pieces": pieces,
+                    }
+                )
+        return {"tasks": tasks}
+
+    def _write_shards(self, tasks: list, shards: dict[str, list]) -> None:
+        started = time.perf_counter()
+        processes = min(self.num_proc, len(tasks))
+        encoder = (self.info, self.tokenizer.backend_tokenizer.to_str())
+        with _pool(processes, init_encoder, (*encoder, True)) as pool:
+            arguments = [(str(self.out), task) for _, _, task, _ in tasks]
+            if pool is None:
+                init_encoder(*encoder, worker=False)
+                results = (write_shard(*a) for a in arguments)
+            else:
+                results = pool.imap(_write_shard_star, arguments)
+            tokens = 0
+            results = tqdm(
+                results,
+                total=len(tasks),
+                desc="tokenize",
+                unit=" shards",
+                disable=None,
+                leave=False,
+            )
+            for (name, fp, task, position), entry in zip(tasks, results, strict=True):
+                self.steps.record(name, fp, [entry["path"], entry["index"]], entry)
+                shards[task.source][position] = entry
+                tokens += entry["tokens"]
+                log.info(
+                    "tokenize %s: %s (%d documents, %d tokens)",
+                    task.source,
+                    task.path,
+                    entry["documents"],
+                    entry["tokens"],
+                )
+        seconds = time.perf_counter() - started
+        log.info(
+            "tokenize: %d tokens in %.1f s (%.0f tokens/s)",
+            tokens,
+            seconds,
+            tokens / max(seconds, 1e-9),
+        )
+
+    # ------------------------------------------------------------------ manifest
+
+    def finish(self, scans: dict, dedup: dict, shards: dict[str, list[dict]]) -> dict:
+        section = self.section
+        train_tokens = {
+            name: sum(s["tokens"] for s in entries if s["split"] == "train")
+            for name, entries in shards.items()
+        }
+        for index, source in enumerate(section.sources):
+            if train_tokens[source.name] == 0:
+                raise InputDataError(
+                    f"data.sources[{index}] ({source.name}): no training document is left "
+                    "after holding out validation documents; lower data.validation.fraction "
+                    "or min_documents, or add text to the source"
+                )
+        target, plans = plan_mixture(section, train_tokens)
+        sources = []
+        for index, (source, plan) in enumerate(zip(section.sources, plans, strict=True)):
+            records = scans[source.name]
+            dedup_entry = dedup["sources"][source.name]
+            dropped: dict[str, int] = {}
+            detail: dict[str, int] = {}
+            for r in records:
+                for key, value in r["dropped"].items():
+                    dropped[key] = dropped.get(key, 0) + value
+                for key, value in r["dropped_detail"].items():
+                    detail[key] = detail.get(key, 0) + value
+            split_stats = {
+                split: {
+                    "documents": sum(
+                        s["documents"] for s in shards[source.name] if s["split"] == split
+                    ),
+                    "tokens": sum(s["tokens"] for s in shards[source.name] if s["split"] == split),
+                }
+                for split in ("train", "validation")
+            }
+            sources.append(
+                {
+                    "name": source.name,
+                    "index": index,
+                    "files": [str(p) for p in self.files[source.name]],
+                    "weight": plan.weight,
+                    "tokens": plan.tokens,
+                    "epochs": plan.epochs,
+                    "max_epochs": plan.max_epochs,
+                    "documents_read": sum(r["read"] for r in records),
+                    "read_errors_skipped": sum(r["read_errors_skipped"] for r in records),
+                    "dropped": dict(sorted(dropped.items())),
+                    "dropped_detail": dict(sorted(detail.items())),
+                    "after_filters": sum(r["kept"] for r in records),
+                    "exact_duplicates": dedup_entry["exact_duplicates"],
+                    "near_duplicates": dedup_entry["near_duplicates"],
+                    "decontaminated": dedup_entry["decontaminated"],
+                    "documents": dedup_entry["kept"],
+                    "text_bytes": sum(r["kept_bytes"] for r in records),
+                    "train": split_stats["train"],
+                    "validation": split_stats["validation"],
+                }
+            )
+        all_shards = [entry for name in shards for entry in shards[name]]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "llmtrain_version": __version__,
+            "tokenizer": self.info.to_dict(),
+            "dtype": dtype_name(self.info.dtype),
+            "seq_len": section.seq_len,
+            "seed": self.recipe.seed,
+            "target_tokens": int(target),
+            "splits": {
+                split: {
+                    "tokens": sum(s["tokens"] for s in all_shards if s["split"] == split),
+                    "documents": sum(s["documents"] for s in all_shards if s["split"] == split),
+                }
+                for split in ("train", "validation")
+            },
+            "sources": sources,
+            "dedup": {
+                "settings": section.dedup.model_dump(mode="json"),
+                **dedup["stats"],
+            },
+            "decontamination": {
+                "settings": section.decontamination.model_dump(mode="json"),
+                "eval_files": [str(p) for p in self.eval_files],
+            },
+            "shards": all_shards,
+        }
+        atomic_write_text(self.out / REPORT, render_report(manifest))
+        atomic_write_json(self.out / MANIFEST, manifest)
+        self._clean_up(all_shards)
+        return manifest
+
+    def _clean_up(self, shards: list[dict]) -> None:
+        keep = {self.out / s["path"] for s in shards} | {self.out / s["index"] for s in shards}
+        shard_dir = self.out / "shards"
+        for path in sorted(shard_dir.rglob("*")) if shard_dir.is_dir() else []:
+            if path.is_file() and path not in keep:
+                path.unlink()  # left by an earlier build with other settings
+        if not self.section.keep_intermediate:
+            for name in ("scan", "dedup"):
+                shutil.rmtree(self.out / "work" / name, ignore_errors=True)
+
+
+def _runs(indices: np.ndarray) -> list[list[int]]:
+    """Ascending indices as [[start, stop), ...] runs of consecutive values."""
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = indices[np.concatenate([[0], breaks])]
+    stops = indices[np.concatenate([breaks - 1, [indices.size - 1]])] + 1
+    return [[int(a), int(b)] for a, b in zip(starts, stops, strict=True)]
+
+
+def _add_chunk(chunk: Any, *, writer: ScanWriter, progress: Any) -> None:
+    writer.add(chunk)
+    progress.update(chunk.read)
+
+
+def _write_shard_star(arguments: tuple) -> dict:
+    return write_shard(*arguments)
+
+
+@contextlib.contextmanager
+def _pool(processes: int, initializer: Any, initargs: tuple) -> Iterator[Any]:
+    """A pool of `processes` workers (spawned: no inherited threads), or None for one."""
+    if processes <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(processes, initializer=initializer, initargs=initargs)
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def build_data(recipe: Any, *, overwrite: bool = False) -> Path:
+    """Run (or finish, or skip) the data build of `recipe`; returns the build directory."""
+    recipe.check_inputs("data")
+    section: DataSection = recipe.section("data")
+    out = Path(recipe.stage_dir("data"))
+    tokenizer_dir = section.tokenizer or (
+        recipe.tokenizer.output_path(recipe)  # where the recipe's tokenizer stage writes
+        if recipe.tokenizer is not None
+        else recipe.stage_dir("tokenizer")
+    )
+    tokenizer, info = load_tokenizer(tokenizer_dir)
+    settings = _settings(recipe, section, info)
+    with build_lock(out):
+        if prepare_directory(out, settings, overwrite):
+            log.info("%s is complete with these settings; nothing to do", out)
+            return out
+        started = time.perf_counter()
+        DataBuild(recipe, section, out, tokenizer, info).run()
+        log.info("build finished in %.1f s: %s", time.perf_counter() - started, out)
+    return out

@@ -1,0 +1,63 @@
+"""`llmtrain data RECIPE`: build the recipe's data mixture into token shards.
+
+    llmtrain data recipes/tiny.yaml                 # build, finish an interrupted build, or
+                                                    # do nothing when it is complete
+    llmtrain data recipes/tiny.yaml --overwrite     # rebuild with changed settings
+    llmtrain data recipes/tiny.yaml --verify        # recompute every shard's sha256
+
+Light module: numpy, transformers and tokenizers are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from llmtrain.cli import add_recipe_arguments, load_recipe_from_args
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "data",
+        help="clean, filter, dedup, decontaminate, mix, tokenize and pack the recipe's sources",
+        parents=[common],
+    )
+    add_recipe_arguments(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild a build made with other settings (steps whose inputs did not change "
+        "are reused)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="build nothing; check the finished build's shards against their sha256",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    recipe = load_recipe_from_args(args)
+    if args.verify:
+        _verify(recipe.stage_dir("data"))
+        return
+    from llmtrain.data_pipeline.build import build_data
+
+    out = build_data(recipe, overwrite=args.overwrite)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"data build: {out}")
+
+
+def _verify(build_dir) -> None:
+    from llmtrain.data_pipeline.manifest import read_manifest, verify_shards
+    from llmtrain.errors import StageInputError
+
+    manifest = read_manifest(build_dir)
+    bad = verify_shards(build_dir, manifest)
+    if bad:
+        raise StageInputError(
+            f"{len(bad)} of the {len(manifest['shards'])} shards of {build_dir} do not match "
+            f"the sha256 in its manifest ({', '.join(bad[:5])}); rebuild them with "
+            "`llmtrain data RECIPE --overwrite`"
+        )
+    print(f"ok: the {len(manifest['shards'])} shards of {build_dir} match their sha256")

@@ -1,0 +1,307 @@
+"""Recipe section `data:` of `llmtrain data`: sources, cleaning, filters, dedup, mixture.
+
+    data:
+      tokenizer: runs/demo/tokenizer          # default: <output_dir>/tokenizer
+      seq_len: 2048
+      target_tokens: 2.0e9                    # tokens pretraining will read (default: all)
+      sources:
+        - {name: web, paths: [web/*.jsonl.zst], weight: 0.7}
+        - {name: code, paths: [code/*.parquet], text_field: content, weight: 0.3,
+           filters: {gopher_quality: {enabled: false}}}
+      dedup: {near: {bands: 14, rows: 8}}
+      decontamination: {eval_files: [evals/*.jsonl]}
+
+A source's `clean:` and `filters:` override the section-wide ones key by key: only the keys
+the source sets differ. Light module (no numpy, torch): the recipe imports it for the schema.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import (
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from llmtrain.schema import InputGlob, InputPath, Section
+
+Normalization = Literal["NFC", "NFKC", "NFD", "NFKD"]
+OnError = Literal["raise", "skip"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CleanSection(Section):
+    """Text cleaning, applied to every document before filters and dedup."""
+
+    unicode_normalization: Normalization | None = "NFC"
+    """Unicode normal form (NFKC also folds compatibility characters such as full-width
+    letters and ligatures); null: leave as is."""
+    remove_control_characters: bool = True
+    """Drop control characters (C0/C1 except tab and newline) and the byte-order mark."""
+    normalize_whitespace: bool = True
+    """CRLF/CR to LF, trailing spaces stripped from each line, runs of 3+ newlines made 2,
+    leading and trailing blank lines removed (indentation is kept)."""
+
+
+class LengthFilter(Section):
+    """Drop documents outside these sizes (words are whitespace-separated)."""
+
+    enabled: bool = True
+    min_chars: int = Field(default=0, ge=0)
+    max_chars: int | None = Field(default=None, gt=0)
+    min_words: int = Field(default=50, ge=0)
+    """Gopher's minimum; lower it for short documents (chat turns, arithmetic)."""
+    max_words: int | None = Field(default=100_000, gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> LengthFilter:
+        for low, high in (("min_chars", "max_chars"), ("min_words", "max_words")):
+            top = getattr(self, high)
+            if top is not None and getattr(self, low) > top:
+                raise ValueError(f"{low} {getattr(self, low)} is above {high} {top}; swap them")
+        return self
+
+
+class GopherQualityFilter(Section):
+    """Gopher quality heuristics (Rae et al. 2021, appendix A); defaults are the paper's."""
+
+    enabled: bool = True
+    min_mean_word_length: float = 3.0
+    """Mean length of words (punctuation-only words not counted)."""
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    """Hashes and ellipses per word."""
+    max_bullet_lines_ratio: float = 0.9
+    """Share of lines that start with a bullet point."""
+    max_ellipsis_lines_ratio: float = 0.3
+    """Share of lines that end with an ellipsis."""
+    min_alpha_words_ratio: float = 0.8
+    """Share of words that contain at least one letter."""
+    min_stop_words: int = 2
+    """English stop words (the, be, to, of, and, that, have, with) a document must contain;
+    0 to turn this check off for other languages."""
+
+
+class RepetitionFilter(Section):
+    """Gopher repetition heuristics: duplicated lines, paragraphs and n-grams."""
+
+    enabled: bool = True
+    max_duplicate_lines_ratio: float = 0.3
+    """Share of lines that repeat an earlier line."""
+    max_duplicate_lines_chars_ratio: float = 0.2
+    """Share of characters in lines that repeat an earlier line."""
+    max_duplicate_paragraphs_ratio: float = 0.3
+    max_duplicate_paragraphs_chars_ratio: float = 0.2
+    top_ngram_chars_ratio: dict[int, float] = {2: 0.2, 3: 0.18, 4: 0.16}
+    """For n-grams of n words: the most frequent n-gram's share of the characters."""
+    duplicate_ngram_chars_ratio: dict[int, float] = {
+        5: 0.15,
+        6: 0.14,
+        7: 0.13,
+        8: 0.12,
+        9: 0.11,
+        10: 0.10,
+    }
+    """For n-grams of n words: share of characters in words covered by repeated n-grams."""
+
+    @field_validator("top_ngram_chars_ratio", "duplicate_ngram_chars_ratio")
+    @classmethod
+    def _positive_n(cls, value: dict[int, float]) -> dict[int, float]:
+        bad = [n for n in value if n < 1]
+        if bad:
+            raise ValueError(f"n-gram sizes must be at least 1, got {bad}")
+        return value
+
+
+class FiltersSection(Section):
+    """Document filters, applied in this order; each counts what it drops, per source."""
+
+    length: LengthFilter = LengthFilter()
+    gopher_quality: GopherQualityFilter = GopherQualityFilter()
+    repetition: RepetitionFilter = RepetitionFilter()
+
+
+class DataSource(Section):
+    """One corpus of the mixture."""
+
+    name: str
+    """Short name used in the manifest, the report and shard paths (letters, digits, _ . -)."""
+    paths: list[InputGlob] = Field(min_length=1)
+    """Files, directories or globs: .jsonl/.json (also .gz/.zst), .parquet, plain text, or
+    directories saved with datasets' save_to_disk."""
+    weight: float = 1.0
+    """Share of the training tokens drawn from this source (normalised over all sources)."""
+    text_field: str = "text"
+    """Field holding the text in jsonl, parquet and datasets records."""
+    text_mode: Literal["file", "line", "paragraph"] = "file"
+    """Plain-text files: one document per file, per line, or per blank-line-separated
+    paragraph."""
+    split: str = "train"
+    """Split to read from a datasets DatasetDict directory."""
+    on_error: OnError = "raise"
+    """A broken JSON line or a record without the text field: stop with an error naming file
+    and line, or skip it and count it in the manifest."""
+    encoding_errors: Literal["strict", "replace"] = "strict"
+    """Bytes that are not UTF-8: an error, or replaced with U+FFFD."""
+    max_epochs: float | None = None
+    """Most passes over this source that target_tokens may need; default: data.max_epochs."""
+    clean: CleanSection | None = None
+    """Overrides of data.clean for this source (only the keys given)."""
+    filters: FiltersSection | None = None
+    """Overrides of data.filters for this source (only the keys given), e.g.
+    `{gopher_quality: {enabled: false}}` for code."""
+
+    @field_serializer("clean", "filters")
+    def _only_overrides(self, value: Section | None) -> dict | None:
+        # shown and saved as written: the keys not given come from the section-wide settings
+        return None if value is None else value.model_dump(mode="json", exclude_unset=True)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"source name {value!r} must start with a letter or digit and hold only letters, "
+                "digits, _ . - (it names files)"
+            )
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _positive_weight(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(
+                f"weight must be positive, got {value}; remove the source to leave it out"
+            )
+        return value
+
+
+class ExactDedupSection(Section):
+    enabled: bool = True
+    """Drop documents whose normalised text (lowercased, whitespace collapsed) was seen before;
+    the copy in the source listed first (then the earliest file and line) is kept."""
+
+
+class NearDedupSection(Section):
+    """MinHash LSH over word n-grams (FineWeb's defaults), then union-find over the pairs."""
+
+    enabled: bool = True
+    ngram: int = Field(default=5, ge=1)
+    """Words per shingle; documents shorter than this are one shingle."""
+    bands: int = Field(default=14, ge=1)
+    rows: int = Field(default=8, ge=1)
+    """Signature values per band: bands x rows MinHash permutations in all (14 x 8 = 112).
+    Pairs of Jaccard similarity s become candidates with probability 1 - (1 - s^rows)^bands."""
+    threshold: float | None = Field(default=0.7, ge=0, le=1)
+    """A candidate pair is a duplicate only when the share of equal signature values (the
+    MinHash estimate of their Jaccard similarity) is at least this; null accepts every
+    candidate, as FineWeb does."""
+    seed: int = 1
+    """Seed of the hash permutations (fixed, so that builds with different recipe seeds
+    dedup alike)."""
+
+
+class DedupSection(Section):
+    exact: ExactDedupSection = ExactDedupSection()
+    near: NearDedupSection = NearDedupSection()
+
+
+class DecontaminationSection(Section):
+    """Drop training documents that share a word n-gram with an evaluation set."""
+
+    eval_files: list[InputGlob] = []
+    """Evaluation files (jsonl, parquet, text, datasets directories) whose text must not be
+    trained on."""
+    fields: list[str] | None = None
+    """Record fields that hold eval text; null: every string in the record (chat `role`
+    values excepted)."""
+    ngram: int = Field(default=13, ge=1)
+    """Words per n-gram (GPT-3 used 13)."""
+    min_words: int = Field(default=8, ge=1)
+    """An eval item shorter than `ngram` words but at least this long is matched as a whole;
+    shorter items are not matched (they would match common phrases)."""
+
+
+class ValidationSection(Section):
+    """The validation split: whole documents held out of training, per source."""
+
+    fraction: float = Field(default=0.01, ge=0, lt=1)
+    """Share of each source's documents (chosen from the seed); 0: no validation split."""
+    min_documents: int = Field(default=1, ge=0)
+    """With a fraction above 0, at least this many per source (never all of them)."""
+
+
+class DataSection(Section):
+    """`llmtrain data`: read, clean, filter, dedup, decontaminate, mix, tokenize and pack."""
+
+    sources: list[DataSource] = Field(min_length=1)
+    tokenizer: InputPath | None = None
+    """Tokenizer directory (Hugging Face format); default: where the recipe's tokenizer stage
+    writes (<output_dir>/tokenizer)."""
+    seq_len: int = Field(default=2048, gt=0)
+    """Tokens per training sequence (pretraining reads windows of seq_len + 1); recorded in
+    the manifest as pretraining's default."""
+    target_tokens: float | None = Field(default=None, gt=0)
+    """Tokens pretraining is meant to read; with the weights it gives each source's epochs.
+    Default: the build's training tokens."""
+    max_epochs: float | None = Field(default=16.0, gt=0)
+    """Most passes over any one source target_tokens may need (sources can override);
+    null: no limit."""
+    num_proc: int | None = Field(default=None, ge=1)
+    """Worker processes for cleaning, hashing and tokenizing; default: every CPU core."""
+    shard_text_mb: float = Field(default=256.0, gt=0)
+    """A shard holds the tokens of at most this many MB of (cleaned) text."""
+    keep_intermediate: bool = False
+    """Keep the cleaned text, hashes and signatures under work/ after the build."""
+    clean: CleanSection = CleanSection()
+    filters: FiltersSection = FiltersSection()
+    dedup: DedupSection = DedupSection()
+    decontamination: DecontaminationSection = DecontaminationSection()
+    validation: ValidationSection = ValidationSection()
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DataSection:
+        seen: set[str] = set()
+        for index, source in enumerate(self.sources):
+            if source.name in seen:
+                raise ValueError(
+                    f"sources[{index}].name {source.name!r} is used twice; give each source "
+                    "its own name"
+                )
+            seen.add(source.name)
+            try:  # a source's overrides combined with the section-wide settings
+                self.filters_of(source)
+            except ValidationError as exc:
+                detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(f"sources[{index}].filters: {detail}") from None
+        return self
+
+    def max_epochs_of(self, source: DataSource) -> float | None:
+        return source.max_epochs if source.max_epochs is not None else self.max_epochs
+
+    def clean_of(self, source: DataSource) -> CleanSection:
+        return overlay(self.clean, source.clean)
+
+    def filters_of(self, source: DataSource) -> FiltersSection:
+        return overlay(self.filters, source.filters)
+
+
+def overlay(base: Section, override: Section | None) -> Section:
+    """`base` with the keys that were set in `override` replaced (nested sections too)."""
+    if override is None:
+        return base
+    update = {}
+    for name in override.model_fields_set:
+        value = getattr(override, name)
+        current = getattr(base, name)
+        if isinstance(value, Section) and isinstance(current, Section):
+            value = overlay(current, value)
+        update[name] = value
+    merged = base.model_copy(update=update)
+    return type(base).model_validate(merged.model_dump())  # re-run cross-field checks

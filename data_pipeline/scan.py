@@ -1,0 +1,288 @@
+"""The scan step: read each input file, clean and filter its documents, and hash what is kept.
+
+The main process reads a file and hands chunks of documents to worker processes (at most a
+few chunks in flight, so memory stays flat whatever the file size); each chunk comes back
+with its kept documents, their exact-dedup digests, MinHash signatures and decontamination
+matches, and is appended, in order, to the file's scan directory:
+
+    texts.bin          the kept documents, cleaned, UTF-8, back to back
+    offsets.u64        uint64 byte offsets into texts.bin (documents + 1)
+    exact.bin          16-byte digests of the normalised text
+    signatures.u32     uint32 [documents, bands x rows] MinHash signatures
+    shingled.bin       bool: the document has words (takes part in near-dedup)
+    contamination.bin  int16: index of the eval file it overlaps, or -1
+
+(raw little-endian arrays, appended chunk by chunk)
+
+The directory is written under a temporary name and renamed when the file is done.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .clean import clean_text
+from .config import CleanSection, DataSection, DataSource, FiltersSection
+from .decontam import NONE, EvalNgrams
+from .filters import content_failure, length_failure
+from .hashing import Words, exact_hash
+from .minhash import MinHasher
+from .readers import ReadStats, iter_texts
+
+CHUNK_DOCUMENTS = 1000
+CHUNK_BYTES = 2 << 20
+
+
+@dataclass
+class SourceRules:
+    """What a worker needs to process a source's documents."""
+
+    clean: CleanSection
+    filters: FiltersSection
+
+
+@dataclass
+class ScanContext:
+    """Everything a worker process needs, sent once when it starts."""
+
+    rules: dict[str, SourceRules]
+    minhasher: MinHasher
+    eval_ngrams: EvalNgrams | None
+
+
+@dataclass
+class ChunkResult:
+    texts: list[bytes]
+    exact: np.ndarray
+    signatures: np.ndarray
+    shingled: np.ndarray
+    contamination: np.ndarray
+    read: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    dropped_detail: dict[str, int] = field(default_factory=dict)
+
+
+def make_context(section: DataSection, eval_ngrams: EvalNgrams | None) -> ScanContext:
+    near = section.dedup.near
+    return ScanContext(
+        rules={
+            s.name: SourceRules(section.clean_of(s), section.filters_of(s)) for s in section.sources
+        },
+        minhasher=MinHasher(bands=near.bands, rows=near.rows, ngram=near.ngram, seed=near.seed),
+        eval_ngrams=eval_ngrams,
+    )
+
+
+_CONTEXT: ScanContext | None = None
+
+
+def init_worker(context: ScanContext) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def process_chunk(source: str, texts: list[str]) -> ChunkResult:
+    """Clean, filter and hash one chunk of a source's documents (runs in a worker)."""
+    assert _CONTEXT is not None, "init_worker was not called"
+    rules = _CONTEXT.rules[source]
+    dropped: collections.Counter[str] = collections.Counter()
+    detail: collections.Counter[str] = collections.Counter()
+
+    def drop(failure: tuple[str, str]) -> None:
+        dropped[failure[0]] += 1
+        detail[".".join(failure)] += 1
+
+    candidates = []  # cleaned documents that pass the length filter (before hashing them)
+    for text in texts:
+        text = clean_text(text, rules.clean)
+        failure = ("empty", "after_cleaning") if not text.strip() else None
+        failure = failure or length_failure(text, rules.filters)
+        if failure:
+            drop(failure)
+        else:
+            candidates.append(text)
+    words = Words(candidates)
+    kept: list[int] = []
+    for index, text in enumerate(candidates):
+        failure = content_failure(text, *words.of(index), rules.filters)
+        if failure:
+            drop(failure)
+        else:
+            kept.append(index)
+    kept_words = words.subset(np.asarray(kept, dtype=np.int64))
+    signatures, shingled = _CONTEXT.minhasher.signatures(kept_words)
+    if _CONTEXT.eval_ngrams is not None:
+        contamination = _CONTEXT.eval_ngrams.match(kept_words)
+    else:
+        contamination = np.full(len(kept), NONE, dtype=np.int16)
+    kept_texts = [candidates[i] for i in kept]
+    return ChunkResult(
+        texts=[t.encode("utf-8") for t in kept_texts],
+        exact=np.array([exact_hash(t) for t in kept_texts], dtype="S16"),
+        signatures=signatures,
+        shingled=shingled,
+        contamination=contamination,
+        read=len(texts),
+        dropped=dict(dropped),
+        dropped_detail=dict(detail),
+    )
+
+
+def read_chunks(path: Path, source: DataSource, stats: ReadStats) -> Iterator[list[str]]:
+    """The documents of one file, in chunks of at most CHUNK_DOCUMENTS or ~CHUNK_BYTES."""
+    chunk: list[str] = []
+    size = 0
+    for text in iter_texts(
+        path,
+        text_field=source.text_field,
+        text_mode=source.text_mode,
+        on_error=source.on_error,
+        encoding_errors=source.encoding_errors,
+        stats=stats,
+        split=source.split,
+    ):
+        chunk.append(text)
+        size += len(text)
+        if len(chunk) >= CHUNK_DOCUMENTS or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+_COLUMNS = {  # name: (dtype, values per document)
+    "exact": (np.dtype("S16"), 1),
+    "shingled": (np.dtype(np.bool_), 1),
+    "contamination": (np.dtype("<i2"), 1),
+}
+
+
+class ScanWriter:
+    """Appends chunk results to the files of one scan directory (a temporary directory).
+
+    Everything is appended to open files as it comes, so memory does not grow with the file.
+    """
+
+    def __init__(self, directory: Path, num_perm: int):
+        self.directory = directory
+        directory.mkdir(parents=True)
+        self.num_perm = num_perm
+        names = ["texts.bin", "offsets.u64", "signatures.u32", *(f"{n}.bin" for n in _COLUMNS)]
+        self._files = {name: open(directory / name, "wb") for name in names}  # noqa: SIM115
+        self._files["offsets.u64"].write(np.zeros(1, dtype="<u8").tobytes())
+        self._end = 0
+        self.kept = 0
+        self.read = 0
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.dropped_detail: collections.Counter[str] = collections.Counter()
+
+    def add(self, result: ChunkResult) -> None:
+        sizes = np.fromiter((len(t) for t in result.texts), np.int64, len(result.texts))
+        ends = self._end + np.cumsum(sizes)
+        self._files["texts.bin"].write(b"".join(result.texts))
+        self._files["offsets.u64"].write(ends.astype("<u8").tobytes())
+        self._files["signatures.u32"].write(result.signatures.astype("<u4").tobytes())
+        for name, (dtype, _) in _COLUMNS.items():
+            self._files[f"{name}.bin"].write(getattr(result, name).astype(dtype).tobytes())
+        self._end = int(ends[-1]) if len(ends) else self._end
+        self.kept += len(result.texts)
+        self.read += result.read
+        self.dropped.update(result.dropped)
+        self.dropped_detail.update(result.dropped_detail)
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._end
+
+    def finish(self) -> None:
+        for handle in self._files.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+
+
+class ScanOutput:
+    """A finished scan directory. Reads with explicit file reads (no memory maps), so what a
+    step reads does not stay resident."""
+
+    def __init__(self, directory: Path, num_perm: int | None = None):
+        self.directory = directory
+        self.offsets = np.fromfile(directory / "offsets.u64", dtype="<u8").astype(np.int64)
+        self.documents = len(self.offsets) - 1
+        size = (directory / "signatures.u32").stat().st_size
+        self.num_perm = size // 4 // self.documents if self.documents else (num_perm or 0)
+
+    def array(self, name: str) -> np.ndarray:
+        """A one-value-per-document column: exact, shingled or contamination."""
+        dtype, _ = _COLUMNS[name]
+        return np.fromfile(self.directory / f"{name}.bin", dtype=dtype)
+
+    def signature_columns(self, start: int, stop: int, chunk: int = 1 << 15) -> np.ndarray:
+        """Columns [start, stop) of every document's signature, read a chunk at a time."""
+        out = np.empty((self.documents, stop - start), dtype=np.uint32)
+        row_bytes = 4 * self.num_perm
+        with open(self.directory / "signatures.u32", "rb") as f:
+            for lo in range(0, self.documents, chunk):
+                hi = min(lo + chunk, self.documents)
+                block = np.frombuffer(f.read((hi - lo) * row_bytes), dtype="<u4")
+                out[lo:hi] = block.reshape(hi - lo, self.num_perm)[:, start:stop]
+        return out
+
+    def signature_rows(self, indices: np.ndarray) -> np.ndarray:
+        """Whole signatures of the given documents (any order)."""
+        out = np.empty((len(indices), self.num_perm), dtype=np.uint32)
+        row_bytes = 4 * self.num_perm
+        with open(self.directory / "signatures.u32", "rb") as f:
+            for row, index in enumerate(indices):
+                f.seek(int(index) * row_bytes)
+                out[row] = np.frombuffer(f.read(row_bytes), dtype="<u4")
+        return out
+
+    def texts(self, indices: np.ndarray) -> list[str]:
+        """The documents at the given (ascending) indices; consecutive ones in one read."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size == 0:
+            return []
+        out: list[str] = []
+        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+        with open(self.directory / "texts.bin", "rb") as f:
+            for run in np.split(indices, breaks):
+                base = int(self.offsets[run[0]])
+                f.seek(base)
+                data = f.read(int(self.offsets[run[-1] + 1]) - base)
+                for index in run:
+                    lo, hi = int(self.offsets[index]) - base, int(self.offsets[index + 1]) - base
+                    out.append(data[lo:hi].decode("utf-8"))
+        return out
+
+    def text_bytes(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.offsets[indices + 1] - self.offsets[indices]
+
+
+def run_chunks(
+    chunks: Iterator[tuple[str, list[str]]],
+    consume: Callable[[ChunkResult], None],
+    pool: Any | None,
+    in_flight: int,
+) -> None:
+    """process_chunk over `chunks` (in a pool when given), results consumed in order, with at
+    most `in_flight` chunks submitted and not yet consumed."""
+    if pool is None:
+        for source, texts in chunks:
+            consume(process_chunk(source, texts))
+        return
+    pending: collections.deque = collections.deque()
+    for source, texts in chunks:
+        pending.append(pool.apply_async(process_chunk, (source, texts)))
+        while len(pending) >= in_flight:
+            consume(pending.popleft().get())
+    while pending:
+        consume(pending.popleft().get())

@@ -1,0 +1,245 @@
+"""`llmtrain run RECIPE`: every stage of a recipe, in order, each reading the one before.
+
+Each stage runs as its own `llmtrain` command in a subprocess (through torchrun when
+`--nproc-per-node` > 1 for the training stages), so memory is returned between stages and a
+stage behaves exactly as when run by hand. After a stage succeeds, run writes
+<stage dir>/.pipeline.json with the fingerprint of the settings it ran with (its own section,
+the sections of the stages it reads from, and the seed). On the next run:
+
+- same fingerprint: the stage is skipped;
+- other fingerprint: the stage runs again from scratch (`--overwrite`), and so does every stage
+  after it that reads from it;
+- no marker but a stage directory (the stage was interrupted): a training stage resumes from
+  its latest checkpoint, the data build resumes its unfinished steps, the tokenizer reruns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmtrain.atomic import atomic_write_json
+from llmtrain.errors import LLMTrainError, RecipeError
+from llmtrain.recipe import STAGES, Recipe
+from llmtrain.rundir import RunDir
+from llmtrain.train.evaluate.config import CAUSAL_LM_STAGES
+
+log = logging.getLogger(__name__)
+
+MARKER = ".pipeline.json"
+TRAINING_STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")
+ALIGN_METHODS = ("sft", "rm", "dpo", "ppo", "grpo")
+
+READS_FROM: dict[str, tuple[str, ...]] = {
+    "tokenizer": (),
+    "data": ("tokenizer",),
+    "pretrain": ("data",),
+    "sft": ("pretrain",),
+    "rm": ("sft",),
+    "dpo": ("sft",),
+    "ppo": ("sft", "rm"),
+    "grpo": ("sft", "rm"),
+    "eval": (),
+}
+"""The stages whose outputs a stage reads by default (when the recipe does not point it
+elsewhere); a change upstream reruns the stage."""
+
+EXTRA_SECTIONS = {"pretrain": ("model",)}
+"""Recipe sections besides its own that shape a stage's output."""
+
+
+class PipelineError(LLMTrainError):
+    """A stage of `llmtrain run` failed; the message names it and its command."""
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    action: str  # "skip" | "run" | "resume" | "rerun"
+    reason: str
+
+
+def upstream(stage: str) -> list[str]:
+    """Every stage `stage` reads from, directly or not, in pipeline order."""
+    seen: set[str] = set()
+    todo = list(READS_FROM[stage])
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(READS_FROM[current])
+    return [s for s in STAGES if s in seen]
+
+
+def stage_fingerprint(recipe: Recipe, stage: str) -> str:
+    sections = [s for s in (*upstream(stage), stage) if getattr(recipe, s, None) is not None]
+    for s in list(sections):
+        sections.extend(
+            e for e in EXTRA_SECTIONS.get(s, ()) if getattr(recipe, e, None) is not None
+        )
+    return recipe.fingerprint("seed", *dict.fromkeys(sections))
+
+
+def stages_in_recipe(recipe: Recipe) -> list[str]:
+    return [s for s in STAGES if getattr(recipe, s, None) is not None]
+
+
+def select_stages(recipe: Recipe, stages: Sequence[str] | None, start: str | None) -> list[str]:
+    for name in [*(stages or []), *([start] if start else [])]:
+        if name not in STAGES:
+            raise RecipeError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    present = stages_in_recipe(recipe)
+    if stages:
+        missing = [s for s in stages if s not in present]
+        if missing:
+            raise RecipeError(
+                f"the recipe has no section for {', '.join(missing)}; add "
+                f"{' and '.join(f'`{m}:`' for m in missing)} (see docs/recipes.md) or leave "
+                "those stages out of --stages"
+            )
+        chosen = [s for s in STAGES if s in stages]
+    else:
+        chosen = present
+    if start:
+        if start not in chosen:
+            raise RecipeError(
+                f"--from {start}: that stage is not among those to run ({', '.join(chosen)})"
+            )
+        chosen = chosen[chosen.index(start) :]
+    if not chosen:
+        raise RecipeError(
+            "the recipe has no stage sections to run (tokenizer, data, pretrain, ...)"
+        )
+    return chosen
+
+
+def plan(recipe: Recipe, chosen: list[str], start: str | None = None) -> list[StagePlan]:
+    """What run will do with each chosen stage, decided before anything runs."""
+    plans: list[StagePlan] = []
+    rerun: set[str] = set()
+    for stage in chosen:
+        stage_dir = recipe.stage_dir(stage)
+        marker = stage_dir / MARKER
+        if stage == "eval":
+            plans.append(StagePlan(stage, "run", "evaluates every model"))
+        elif stage == start:
+            plans.append(StagePlan(stage, "rerun", "--from starts here"))
+            rerun.add(stage)
+        elif any(u in rerun for u in upstream(stage)):
+            plans.append(StagePlan(stage, "rerun", "a stage it reads from runs again"))
+            rerun.add(stage)
+        elif marker.is_file():
+            done = json.loads(marker.read_text()).get("fingerprint")
+            if done == stage_fingerprint(recipe, stage):
+                plans.append(StagePlan(stage, "skip", "done with the same settings"))
+            else:
+                plans.append(StagePlan(stage, "rerun", "settings changed since it ran"))
+                rerun.add(stage)
+        elif stage in TRAINING_STAGES and RunDir(stage_dir).latest_checkpoint() is not None:
+            plans.append(StagePlan(stage, "resume", "interrupted; resuming its latest checkpoint"))
+        elif stage == "data" and stage_dir.is_dir():
+            plans.append(StagePlan(stage, "resume", "interrupted; finishing the build"))
+        elif stage_dir.exists():
+            plans.append(StagePlan(stage, "rerun", "left unfinished without a checkpoint"))
+            rerun.add(stage)
+        else:
+            plans.append(StagePlan(stage, "run", "not run yet"))
+    return plans
+
+
+def stage_command(
+    recipe_path: str, overrides: Sequence[str], stage: str, action: str, nproc_per_node: int
+) -> list[str]:
+    """The command line that runs one stage."""
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    if stage in ALIGN_METHODS:
+        args = ["align", "--method", stage, recipe_path, *sets]
+    else:
+        args = [stage, recipe_path, *sets]
+    if action == "resume" and stage in TRAINING_STAGES:
+        args.append("--resume")
+    elif action == "rerun":
+        args.append("--overwrite")
+    if stage in TRAINING_STAGES and nproc_per_node > 1:
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc_per_node),
+            "-m",
+            "llmtrain",
+            *args,
+        ]
+    return [sys.executable, "-m", "llmtrain", *args]
+
+
+def eval_command(recipe_path: str, overrides: Sequence[str], stage: str) -> list[str]:
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    return [sys.executable, "-m", "llmtrain", "eval", recipe_path, *sets, "--model", stage]
+
+
+def run_pipeline(
+    recipe: Recipe,
+    recipe_path: str,
+    overrides: Sequence[str],
+    *,
+    stages: Sequence[str] | None = None,
+    start: str | None = None,
+    nproc_per_node: int = 1,
+    dry_run: bool = False,
+) -> list[StagePlan]:
+    chosen = select_stages(recipe, stages, start)
+    for stage in chosen:
+        if stage != "eval":
+            recipe.check_inputs(stage)
+    plans = plan(recipe, chosen, start)
+    for item in plans:
+        print(f"{item.stage:>9}: {item.action:6} ({item.reason})", flush=True)
+    if dry_run:
+        return plans
+    evaluate_each = recipe.eval is not None and recipe.eval.after_each_stage
+    for item in plans:
+        if item.action == "skip":
+            continue
+        if item.stage == "eval" and evaluate_each:
+            continue  # every model was evaluated as its stage finished
+        _run(
+            stage_command(recipe_path, overrides, item.stage, item.action, nproc_per_node),
+            item.stage,
+        )
+        if item.stage != "eval":
+            atomic_write_json(
+                recipe.stage_dir(item.stage) / MARKER,
+                {"fingerprint": stage_fingerprint(recipe, item.stage), "finished": time.time()},
+            )
+        if evaluate_each and item.stage in CAUSAL_LM_STAGES:
+            _run(eval_command(recipe_path, overrides, item.stage), f"eval of {item.stage}")
+    return plans
+
+
+def _run(command: list[str], what: str) -> None:
+    print(f"\n$ {shlex.join(command)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise PipelineError(
+            f"{what} failed (exit status {result.returncode}); fix what it reported above and "
+            "run the same `llmtrain run` again: finished stages are skipped, an interrupted "
+            "training stage resumes"
+        )
+    print(f"{what}: done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def stage_is_done(recipe: Recipe, stage: str) -> bool:
+    marker = Path(recipe.stage_dir(stage)) / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get(
+        "fingerprint"
+    ) == stage_fingerprint(recipe, stage)

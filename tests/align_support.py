@@ -1,0 +1,100 @@
+"""Shared helpers for the sft/rm/dpo tests: arithmetic data files, recipes, runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmtrain.data_pipeline.arithmetic import (
+    Problem,
+    make_problems,
+    sft_record,
+    split_problems,
+    user_message,
+)
+from llmtrain.recipe import load_recipe
+
+HELD_OUT = 40
+FAST = {  # tiny runs: fp32 on CPU, high learning rates, no warmup
+    "precision": "fp32",
+    "warmup_ratio": 0.0,
+    "log_every": 5,
+}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def arithmetic_split(n: int = 400, seed: int = 0) -> tuple[list[Problem], list[Problem]]:
+    return split_problems(make_problems(n, seed=seed), HELD_OUT)
+
+
+UNHELPFUL = ("I don't know.", "Ask someone else.", "That is a hard one.", "Maybe later.")
+
+
+def style_preference(problem: Problem, rng: random.Random) -> dict:
+    """A learnable synthetic preference: the worked answer over an unhelpful reply."""
+    return {
+        "prompt": [user_message(problem)],
+        "chosen": [{"role": "assistant", "content": problem.solution()}],
+        "rejected": [{"role": "assistant", "content": rng.choice(UNHELPFUL)}],
+    }
+
+
+def write_sft_data(folder: Path) -> Path:
+    train, _ = arithmetic_split()
+    return write_jsonl(folder / "sft.jsonl", [sft_record(p) for p in train])
+
+
+def write_preference_data(folder: Path) -> tuple[Path, Path]:
+    """(train file, held-out file) of style preferences on disjoint problems."""
+    train, held = arithmetic_split()
+    rng = random.Random(0)
+    train_path = write_jsonl(folder / "prefs.jsonl", [style_preference(p, rng) for p in train])
+    held_path = write_jsonl(folder / "prefs_held.jsonl", [style_preference(p, rng) for p in held])
+    return train_path, held_path
+
+
+def write_recipe_file(folder: Path, sections: dict[str, Any], name: str = "recipe.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = {"name": "align-test", "output_dir": str(folder / "out"), "seed": 7, **sections}
+    path = folder / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_args(resume: Any = None, overwrite: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(resume=resume, overwrite=overwrite)
+
+
+def train_sft(folder: Path, model_dir: Path, **overrides: Any):
+    """Run `align --method sft` on the arithmetic chat data; returns (recipe, trainer)."""
+    from llmtrain.train.align.sft import run_sft
+
+    data = write_sft_data(folder)
+    section = {
+        "model": str(model_dir),
+        "data": [{"path": str(data)}],
+        "max_steps": 150,
+        "global_batch_size": 16,
+        "micro_batch_size": 16,
+        "lr": 3.0e-3,
+        "eval_every": 50,
+        "save_every": 75,
+        **FAST,
+        **overrides,
+    }
+    recipe = load_recipe(write_recipe_file(folder, {"sft": section}))
+    return recipe, run_sft(recipe, run_args(overwrite=True))
+
+
+def held_out_prompts(problems: list[Problem]) -> list[list[dict]]:
+    return [[user_message(p)] for p in problems]

@@ -1,0 +1,740 @@
+"""`llmtrain align --method ppo`: PPO with a KL penalty to a frozen reference (InstructGPT-style
+RLHF). TRL removed its PPO trainer; this one is ours.
+
+One iteration:
+  1. rollout: sample a completion for each prompt of the batch (temperature, top-p, top-k, at
+     most max_new_tokens, stopping at the end-of-sequence or end-of-turn token);
+  2. scoring: the rewards of rewards.py, a penalty for completions without an end token, and
+     normalisation (running or batch statistics);
+  3. the old policy's, the reference's and the value model's views of every response token;
+     per-token rewards = score at the last token - kl_coef x (log p - log p_ref); GAE;
+  4. ppo_epochs passes of minibatches (global_batch_size sequences per optimizer step) with
+     the clipped policy loss, the clipped value loss and an optional entropy bonus;
+  5. the KL coefficient follows its controller (fixed or adaptive).
+
+The policy and the value model train together as one module on the pretraining engines
+(accelerate for one process or DDP, DeepSpeed ZeRO 1-3); under ZeRO-3 the policy's weights are
+gathered once per rollout for generation. Checkpoints hold the module, optimizer, scheduler,
+RNG, prompt position, KL coefficient and reward statistics; final/ is the policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmtrain.distributed import build_deepspeed_config
+from llmtrain.errors import InputDataError, RecipeError, StageInputError
+from llmtrain.train import checkpoint as ckpt
+from llmtrain.train.align.chat_data import (
+    end_of_turn_token_id,
+    load_examples,
+    resolve_chat_template,
+)
+from llmtrain.train.align.ppo_core import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    masked_mean,
+    masked_whiten,
+    token_rewards,
+)
+from llmtrain.train.align.prompts import FittedPrompt, fit_prompts
+from llmtrain.train.align.rewards import RewardSet, build_rewards
+from llmtrain.train.align.rl_config import PPOSection
+from llmtrain.train.align.trl_glue import AlignRun, _finish_generation_config
+from llmtrain.train.engine import DeepSpeedEngine, PlainEngine
+from llmtrain.train.optim import lr_multiplier
+
+log = logging.getLogger(__name__)
+
+
+def run_ppo(recipe: Any, args: Any) -> Path:
+    section: PPOSection = recipe.section("ppo")
+    run = AlignRun(recipe, "ppo", section)
+    trainer = PPOTrainer(recipe, section, run)
+    run.start(resume=getattr(args, "resume", None), overwrite=getattr(args, "overwrite", False))
+    return trainer.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class PolicyAndValue(nn.Module):
+    """The policy (a causal LM) and the value model (a sequence classifier whose scalar head is
+    read at every position), trained together under one optimizer and engine."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        logits = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).logits
+        backbone = getattr(self.value, self.value.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        values = self.value.score(hidden).squeeze(-1)
+        return logits, values
+
+
+def value_model_source(section: PPOSection, rewards: RewardSet, tokenizer: Any) -> Path | None:
+    """The reward model the value model starts from, or None for the policy with a new head."""
+    models = rewards.reward_models
+    if section.value_model == "policy":
+        return None
+    if not models:
+        if section.value_model == "reward_model":
+            raise RecipeError(
+                "ppo.value_model: reward_model needs a reward of type reward_model; add one or "
+                "set value_model: policy"
+            )
+        return None
+    shares = models[0].tokenizer.get_vocab() == tokenizer.get_vocab()
+    if not shares:
+        if section.value_model == "reward_model":
+            raise StageInputError(
+                f"ppo.value_model: the reward model {models[0].path} has another tokenizer than "
+                "the policy, so it cannot read the policy's tokens; set value_model: policy"
+            )
+        return None
+    return models[0].path
+
+
+def load_value_model(source: Path | None, policy_dir: Path, dtype: Any) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    path = source or policy_dir
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    if source is None:  # a new scalar head on the policy's body starts at zero: V = 0
+        nn.init.zeros_(model.score.weight)
+    return model
+
+
+def response_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, width: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs of the response tokens at the sampling temperature, the response logits):
+    the logits at position t predict token t + 1, so the response's start at width - 1."""
+    logits = logits[:, width - 1 : -1].float() / temperature
+    targets = input_ids[:, width:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1), logits
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [B, P + R] prompt (left padded) then response (right padded)
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_width: int
+    mask: torch.Tensor  # [B, R] response tokens up to and including the end token
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPOTrainer:
+    def __init__(self, recipe: Any, section: PPOSection, run: AlignRun):
+        from accelerate import Accelerator
+        from transformers import AutoModelForCausalLM
+
+        self.recipe, self.section, self.run = recipe, section, run
+        self.env = run.env
+        self.world = self.env.world_size
+        self._check_batches()
+        policy_dir = run.input_model_dir()
+        self.tokenizer = run.load_tokenizer(policy_dir)
+        template = resolve_chat_template(
+            self.tokenizer, section.chat_template, method="ppo", tokenizer_dir=policy_dir
+        )
+        self.stop_ids = self._stop_ids(template)
+        self.rewards = build_rewards(
+            section.rewards, default_reward_model=recipe.stage_dir("rm") / "final", method="ppo"
+        )
+        self.counts: dict[str, int] = {}
+        data = load_examples(section, "prompt", method="ppo", seed=run.seed)
+        self.data_metrics = data.metrics()
+        fit = dict(
+            max_length=section.max_prompt_length,
+            on_too_long=section.on_too_long,
+            counts=self.counts,
+        )
+        self.prompts = fit_prompts(data.train, self.tokenizer, **fit)
+        self.eval_prompts = fit_prompts(
+            data.validation[: section.eval_max_prompts], self.tokenizer, **fit
+        )
+        if len(self.prompts) < section.rollout_batch_size:
+            raise InputDataError(
+                f"ppo: {len(self.prompts)} usable training prompts, fewer than one rollout batch "
+                f"of {section.rollout_batch_size}; add prompts or lower ppo.rollout_batch_size"
+            )
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+        self.device = self.accelerator.device
+        dtype = (
+            torch.bfloat16
+            if section.precision == "bf16" and torch.cuda.is_available()
+            else torch.float32
+        )
+        policy = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=dtype)
+        run.check_vocab(policy, self.tokenizer, policy_dir)
+        self.reference = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=dtype)
+        self.reference.requires_grad_(False).eval().to(self.device)
+        value = load_value_model(
+            value_model_source(section, self.rewards, self.tokenizer), policy_dir, dtype
+        )
+        for scorer in self.rewards.reward_models:
+            scorer.model.to(self.device)
+            scorer.device = self.device
+        module = PolicyAndValue(policy, value)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": list(policy.parameters()), "lr": section.lr},
+                {"params": list(value.parameters()), "lr": section.value_lr or section.lr},
+            ],
+            betas=(section.beta1, section.beta2),
+            eps=section.eps,
+            weight_decay=section.weight_decay,
+        )
+        self.total_steps = section.max_steps or max(
+            1, math.ceil(section.epochs * len(self.prompts) / section.rollout_batch_size)
+        )
+        updates = section.ppo_epochs * section.rollout_batch_size // section.global_batch_size
+        self.total_updates = self.total_steps * updates
+        if section.deepspeed is not None:
+            config = build_deepspeed_config(
+                section.deepspeed,
+                micro_batch_size=section.micro_batch_size,
+                grad_accum_steps=self.accum_steps,
+                world_size=self.world,
+                precision=section.precision,
+                grad_clip=section.grad_clip,
+                where="ppo",
+            )
+            self.engine: PlainEngine | DeepSpeedEngine = DeepSpeedEngine(module, optimizer, config)
+        else:
+            self.engine = PlainEngine(self.accelerator, module, optimizer, section.grad_clip)
+        warmup = (
+            section.warmup_steps
+            if section.warmup_steps is not None
+            else round(section.warmup_ratio * self.total_updates)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.engine.base_optimizer,
+            lambda step: lr_multiplier(
+                step,
+                schedule=section.schedule,
+                total_steps=self.total_updates,
+                warmup_steps=warmup,
+                min_lr_ratio=section.min_lr_ratio,
+                decay_steps=1,
+            ),
+        )
+        if section.kl_target is not None:
+            self.kl = AdaptiveKLController(section.kl_coef, section.kl_target, section.kl_horizon)
+        else:
+            self.kl = FixedKLController(section.kl_coef)
+        self.score_moments = RunningMoments()
+        self.step = 0
+        self.position = 0  # prompts consumed, over all processes
+
+    # -- checks --------------------------------------------------------------------------------
+
+    @property
+    def accum_steps(self) -> int:
+        return self.section.global_batch_size // (self.section.micro_batch_size * self.world)
+
+    def _check_batches(self) -> None:
+        section, world = self.section, self.world
+        per_rank = section.micro_batch_size * world
+        if section.global_batch_size % per_rank:
+            raise RecipeError(
+                f"ppo.global_batch_size {section.global_batch_size} is not a multiple of "
+                f"micro_batch_size {section.micro_batch_size} x {world} processes"
+            )
+        if section.rollout_batch_size % world:
+            raise RecipeError(
+                f"ppo.rollout_batch_size {section.rollout_batch_size} does not divide over "
+                f"{world} processes"
+            )
+
+    def _stop_ids(self, template: str) -> list[int]:
+        ids = [self.tokenizer.eos_token_id]
+        turn_end = end_of_turn_token_id(self.tokenizer, template)
+        if turn_end is not None:
+            ids.append(turn_end)
+        return sorted({i for i in ids if i is not None})
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        run = self.run
+        if run.resume_from is not None:
+            self.load_checkpoint(run.resume_from)
+        elif self.env.is_main:
+            run.log_data({**self.data_metrics, **{f"data/{k}": v for k, v in self.counts.items()}})
+        tracker = run.tracker
+        try:
+            if self.step == 0 and self.eval_prompts:
+                tracker.log(0, self.evaluate())
+            while self.step < self.total_steps:
+                self.step += 1
+                metrics = self.iteration()
+                last = self.step == self.total_steps
+                if self.eval_prompts and (
+                    last or (self.section.eval_every and self.step % self.section.eval_every == 0)
+                ):
+                    metrics.update(self.evaluate())
+                if last or self.step % self.section.log_every == 0 or "eval/reward_mean" in metrics:
+                    tracker.log(self.step, metrics)
+                    if self.env.is_main:
+                        log.info(
+                            "ppo step %d/%d: reward %.3f, kl %.3f",
+                            self.step,
+                            self.total_steps,
+                            metrics["reward/mean"],
+                            metrics["kl"],
+                        )
+                if last or (self.section.save_every and self.step % self.section.save_every == 0):
+                    self.save_checkpoint()
+            return self.write_final()
+        finally:
+            tracker.close()
+
+    def _batch_prompts(self) -> list[FittedPrompt]:
+        """This process's share of the next rollout batch (epochs reshuffled from the seed)."""
+        size = self.section.rollout_batch_size
+        picked = []
+        for offset in range(size):
+            index = self.position + offset
+            epoch, within = divmod(index, len(self.prompts))
+            order = list(range(len(self.prompts)))
+            random.Random(self.run.seed * 1000003 + epoch).shuffle(order)
+            picked.append(self.prompts[order[within]])
+        self.position += size
+        share = size // self.world
+        return picked[self.env.rank * share : (self.env.rank + 1) * share]
+
+    def iteration(self) -> dict[str, float]:
+        section = self.section
+        prompts = self._batch_prompts()
+        start = time.perf_counter()
+        sequences, prompt_attention = self.generate([p.ids for p in prompts], sample=True)
+        generation_time = time.perf_counter() - start
+        response = sequences[:, prompt_attention.shape[1] :]
+        mask, has_end = self.response_mask(response)
+        start = time.perf_counter()
+        raw, per_reward = self.score(prompts, response, mask)
+        scoring_time = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = raw.clone()
+        if section.missing_eos_penalty is not None:
+            scores = scores - section.missing_eos_penalty * (~has_end).float()
+        scores = self.normalize(scores)
+        rollout = self.make_rollout(sequences, prompt_attention, mask, scores)
+        update = self.update(rollout)
+        training_time = time.perf_counter() - start
+        kl_per_sequence = self.mean((rollout.old_logprobs - rollout.ref_logprobs).mul(mask).sum(1))
+        self.kl.update(kl_per_sequence, section.rollout_batch_size)
+        new_tokens = float(mask.sum())
+        metrics = {
+            "reward/mean": self.mean(raw),
+            "reward/std": self.std(raw),
+            **{f"reward/{name}": self.mean(torch.tensor(v)) for name, v in per_reward.items()},
+            "score/mean": self.mean(scores),
+            "kl": kl_per_sequence,
+            "kl_coef": self.kl.value,
+            "response_length": self.mean(mask.sum(1)),
+            "eos_fraction": self.mean(has_end.float()),
+            **update,
+            "lr": self.scheduler.get_last_lr()[0],
+            "time/generation": generation_time,
+            "time/scoring": scoring_time,
+            "time/training": training_time,
+            "generation_tokens_per_s": new_tokens / max(generation_time, 1e-9),
+        }
+        return metrics
+
+    # -- rollout -------------------------------------------------------------------------------
+
+    def generate(
+        self, prompt_ids: list[list[int]], *, sample: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompts followed by their completions, and the prompts' attention mask
+        (its width is the prompt width)."""
+        section = self.section
+        pad = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        policy = self.engine.module.policy
+        kwargs: dict[str, Any] = {"do_sample": False}
+        if sample:
+            kwargs = {
+                "do_sample": True,
+                "temperature": section.temperature,
+                "top_p": section.top_p,
+                "top_k": section.top_k or None,
+            }
+        was_training = policy.training
+        policy.eval()
+        with self._gathered(policy), torch.no_grad():
+            out = policy.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                max_new_tokens=section.max_new_tokens,
+                eos_token_id=self.stop_ids,
+                pad_token_id=pad,
+                synced_gpus=isinstance(self.engine, DeepSpeedEngine)
+                and self.engine.zero_stage == 3
+                and self.world > 1,
+                **kwargs,
+            )
+        policy.train(was_training)
+        return out, attention.to(self.device)
+
+    def _gathered(self, policy: nn.Module) -> contextlib.AbstractContextManager:
+        """Under ZeRO-3, every rank gathers the full policy once for the whole rollout."""
+        if isinstance(self.engine, DeepSpeedEngine) and self.engine.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(policy.parameters()))
+        return contextlib.nullcontext()
+
+    def response_mask(self, response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask up to and including the first end token, whether an end token was produced)."""
+        stops = torch.isin(response, torch.tensor(self.stop_ids, device=response.device))
+        has_end = stops.any(dim=1)
+        length = response.shape[1]
+        first = torch.where(
+            has_end, stops.float().argmax(dim=1), torch.full_like(has_end, length, dtype=torch.long)
+        )
+        positions = torch.arange(length, device=response.device)[None, :]
+        mask = (positions <= first[:, None]).float()
+        return mask, has_end
+
+    def completions(
+        self, prompts: list[FittedPrompt], response: torch.Tensor, mask: torch.Tensor
+    ) -> list[Any]:
+        """Completion texts (as messages for chat prompts, as TRL passes them)."""
+        out = []
+        for prompt, ids, row_mask in zip(prompts, response.tolist(), mask.tolist()):
+            kept = [token for token, keep in zip(ids, row_mask) if keep]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            out.append(
+                text if isinstance(prompt.prompt, str) else [{"role": "assistant", "content": text}]
+            )
+        return out
+
+    def score(
+        self, prompts: list[FittedPrompt], response: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
+        completions = self.completions(prompts, response, mask)
+        fields: dict[str, list[Any]] = {}
+        for key in prompts[0].fields:
+            fields[key] = [p.fields.get(key) for p in prompts]
+        ids = [
+            [t for t, keep in zip(row, m) if keep]
+            for row, m in zip(response.tolist(), mask.tolist())
+        ]
+        totals, per_reward = self.rewards.score(
+            [p.prompt for p in prompts], completions, completion_ids=ids, **fields
+        )
+        return torch.tensor(totals, dtype=torch.float32), per_reward
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        mode = self.section.reward_normalization
+        if mode == "running":
+            self.score_moments.update(self.gather(scores))
+            scores = (scores - self.score_moments.mean) / self.score_moments.std
+        elif mode == "batch":
+            everything = self.gather(scores)
+            scores = (scores - everything.mean()) / everything.std().clamp(min=1e-8)
+        if self.section.reward_clip is not None:
+            scores = scores.clamp(-self.section.reward_clip, self.section.reward_clip)
+        return scores
+
+    def make_rollout(
+        self,
+        sequences: torch.Tensor,
+        prompt_attention: torch.Tensor,
+        mask: torch.Tensor,
+        scores: torch.Tensor,
+    ) -> Rollout:
+        section = self.section
+        width = prompt_attention.shape[1]
+        mask = mask.to(self.device)
+        attention = torch.cat([prompt_attention, mask.long()], dim=1)
+        position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        old_logprobs, ref_logprobs, old_values = [], [], []
+        module = self.engine.module
+        module.eval()
+        with torch.no_grad():
+            for start in range(0, len(sequences), section.micro_batch_size):
+                part = slice(start, start + section.micro_batch_size)
+                logits, values = module(sequences[part], attention[part], position_ids[part])
+                logp, _ = response_logprobs(logits, sequences[part], width, section.temperature)
+                ref_logits = self.reference(
+                    input_ids=sequences[part],
+                    attention_mask=attention[part],
+                    position_ids=position_ids[part],
+                    use_cache=False,
+                ).logits
+                ref_logp, _ = response_logprobs(
+                    ref_logits, sequences[part], width, section.temperature
+                )
+                old_logprobs.append(logp)
+                ref_logprobs.append(ref_logp)
+                old_values.append(values[:, width - 1 : -1].float())
+        module.train()
+        old_logprobs_t = torch.cat(old_logprobs) * mask
+        ref_logprobs_t = torch.cat(ref_logprobs) * mask
+        old_values_t = torch.cat(old_values) * mask
+        rewards, _ = token_rewards(
+            scores.to(self.device), old_logprobs_t, ref_logprobs_t, mask, self.kl.value
+        )
+        advantages, returns = gae(rewards, old_values_t, mask, section.gamma, section.lam)
+        if section.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return Rollout(
+            sequences,
+            attention,
+            position_ids,
+            width,
+            mask,
+            old_logprobs_t,
+            ref_logprobs_t,
+            old_values_t,
+            advantages,
+            returns,
+        )
+
+    # -- update --------------------------------------------------------------------------------
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        section = self.section
+        per_rank = section.global_batch_size // self.world
+        total = len(rollout.input_ids)
+        sums: dict[str, float] = {}
+        updates = 0
+        generator = torch.Generator().manual_seed(self.run.seed * 7919 + self.step)
+        for _ in range(section.ppo_epochs):
+            order = torch.randperm(total, generator=generator)
+            for first in range(0, total, per_rank):
+                minibatch = order[first : first + per_rank]
+                stats = self._minibatch(rollout, minibatch)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                updates += 1
+        result = {key: value / updates for key, value in sums.items()}
+        result["explained_variance"] = explained_variance(
+            rollout.old_values, rollout.returns, rollout.mask
+        )
+        return result
+
+    def _minibatch(self, rollout: Rollout, indices: torch.Tensor) -> dict[str, float]:
+        section = self.section
+        micro = section.micro_batch_size
+        chunks = [indices[i : i + micro] for i in range(0, len(indices), micro)]
+        stats: dict[str, float] = {}
+        for number, chunk in enumerate(chunks):
+            last = number == len(chunks) - 1
+            with self.engine.micro_batch(last=last):
+                logits, values = self.engine.forward(
+                    {
+                        "input_ids": rollout.input_ids[chunk],
+                        "attention_mask": rollout.attention_mask[chunk],
+                        "position_ids": rollout.position_ids[chunk],
+                    }
+                )
+                width = rollout.prompt_width
+                logprobs, logits = response_logprobs(
+                    logits, rollout.input_ids[chunk], width, section.temperature
+                )
+                values = values[:, width - 1 : -1].float()
+                mask = rollout.mask[chunk]
+                policy = clipped_policy_loss(
+                    logprobs,
+                    rollout.old_logprobs[chunk],
+                    rollout.advantages[chunk],
+                    mask,
+                    section.cliprange,
+                )
+                value_loss, value_clip = clipped_value_loss(
+                    values,
+                    rollout.old_values[chunk],
+                    rollout.returns[chunk],
+                    mask,
+                    section.cliprange_value,
+                )
+                entropy = masked_mean(entropy_from_logits(logits), mask)
+                loss = policy.loss + section.vf_coef * value_loss - section.entropy_coef * entropy
+                self.engine.backward(loss / len(chunks))
+            for key, value in (
+                ("policy_loss", policy.loss),
+                ("value_loss", value_loss),
+                ("entropy", entropy),
+                ("clip_fraction", policy.clip_fraction),
+                ("value_clip_fraction", value_clip),
+                ("approx_kl", policy.approx_kl),
+                ("ratio", policy.ratio_mean),
+            ):
+                stats[key] = stats.get(key, 0.0) + float(value) / len(chunks)
+        _, grad_norm = self.engine.step(skip=False)
+        self.scheduler.step()
+        if grad_norm is not None and math.isfinite(grad_norm):
+            stats["grad_norm"] = grad_norm
+        return stats
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions of the held-out prompts: mean reward (and each reward's)."""
+        share = self.eval_prompts[self.env.rank :: self.world]
+        totals: list[float] = []
+        per_reward: dict[str, list[float]] = {}
+        for start in range(0, len(share), max(self.section.micro_batch_size, 8)):
+            batch = share[start : start + max(self.section.micro_batch_size, 8)]
+            sequences, prompt_attention = self.generate([p.ids for p in batch], sample=False)
+            response = sequences[:, prompt_attention.shape[1] :]
+            mask, _ = self.response_mask(response)
+            raw, parts = self.score(batch, response, mask)
+            totals.extend(raw.tolist())
+            for name, values in parts.items():
+                per_reward.setdefault(name, []).extend(values)
+        result = {"eval/reward_mean": self.mean(torch.tensor(totals))}
+        for name, values in per_reward.items():
+            result[f"eval/reward/{name}"] = self.mean(torch.tensor(values))
+        return result
+
+    # -- across processes ----------------------------------------------------------------------
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return values
+        return self.accelerator.gather(values.to(self.device)).cpu()
+
+    def _moments(self, values: torch.Tensor | float) -> tuple[float, float, float]:
+        """(count, sum, sum of squares) over every process (shares may differ in size)."""
+        values = torch.as_tensor(values, dtype=torch.float64).flatten()
+        sums = torch.stack(
+            [
+                torch.tensor(float(values.numel()), dtype=torch.float64),
+                values.sum(),
+                (values**2).sum(),
+            ]
+        )
+        if self.world > 1:
+            sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
+        count, total, squares = sums.tolist()
+        return count, total, squares
+
+    def mean(self, values: torch.Tensor | float) -> float:
+        count, total, _ = self._moments(values)
+        return total / count if count else float("nan")
+
+    def std(self, values: torch.Tensor) -> float:
+        count, total, squares = self._moments(values)
+        if count < 2:
+            return 0.0
+        return math.sqrt(max(squares - total * total / count, 0.0) / (count - 1))
+
+    # -- checkpoints and final/ ----------------------------------------------------------------
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "position": self.position,
+            "kl": self.kl.state_dict(),
+            "score_moments": self.score_moments.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "world_size": self.world,
+            "engine": self.engine.name,
+        }
+
+    def save_checkpoint(self) -> Path:
+        final = self.run.run_dir.checkpoint_dir(self.step)
+        tmp = ckpt.temporary_dir(final)
+        if self.env.is_main:
+            ckpt.remove_stale(tmp)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.engine.save(tmp, self.env.is_main)
+        ckpt.write_rank_state(tmp, self.env.rank, {"position": self.position})
+        if self.env.is_main:
+            ckpt.write_trainer_state(tmp, self.trainer_state())
+        self.accelerator.wait_for_everyone()
+        if self.env.is_main:
+            ckpt.publish(tmp, final)
+            self.run.run_dir.prune_checkpoints(self.section.keep_last)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, directory: Path) -> None:
+        state = ckpt.read_trainer_state(directory)
+        ckpt.check_compatible(
+            state, world_size=self.world, engine=self.engine.name, where=directory
+        )
+        self.engine.load(directory)
+        rng, _ = ckpt.read_rank_state(directory, self.env.rank)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl.load_state_dict(state["kl"])
+        self.score_moments.load_state_dict(state["score_moments"])
+        self.step, self.position = state["step"], state["position"]
+        ckpt.restore_rng(rng)
+        if self.env.is_main:
+            log.info("resumed PPO from %s (step %d)", directory, self.step)
+
+    def write_final(self) -> Path:
+        state = self.engine.full_state_dict()  # collective under ZeRO-3
+        if self.env.is_main:
+            policy = self.engine.module.policy
+            policy_state = {
+                k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")
+            }
+
+            def writer(tmp: Path) -> None:
+                policy.config.use_cache = True
+                policy.save_pretrained(str(tmp), state_dict=policy_state, safe_serialization=True)
+                self.tokenizer.save_pretrained(str(tmp))
+                turn_end = next(
+                    (i for i in self.stop_ids if i != self.tokenizer.eos_token_id), None
+                )
+                _finish_generation_config(tmp, self.tokenizer, turn_end)
+
+            self.run.run_dir.save_final(writer)
+            log.info("final policy: %s", self.run.run_dir.final_dir)
+        self.accelerator.wait_for_everyone()
+        return self.run.run_dir.final_dir

@@ -1,0 +1,473 @@
+"""Our recipe around TRL's trainers, shared by every TRL-backed method (sft, rm, dpo, grpo).
+
+    run = AlignRun(recipe, "sft", section)             # checks the recipe's input files
+    model_dir = run.input_model_dir()
+    tokenizer = run.load_tokenizer(model_dir)
+    ...                                                # load model and data, check them
+    run.start(resume=args.resume, overwrite=args.overwrite)   # run dir + tracker
+    config = run.training_args(SFTConfig, has_validation=True, max_length=...)
+    trainer = MySFTTrainer(run_dir=run.run_dir, keep_last=..., model=..., args=config,
+                           callbacks=run.callbacks(), ...)       # MySFTTrainer(RunDirCheckpoints, SFTTrainer)
+    run.train(trainer)
+    run.save_final(trainer, tokenizer, end_of_turn_id=...)
+
+- **Run directory**: `RunDir` at <output_dir>/<method>: config.yaml, metrics.jsonl, checkpoints,
+  final/. The transformers Trainer writes `checkpoints/checkpoint-N/`; `RunDirCheckpoints`
+  renames it to `checkpoints/step-N/` once every process has finished writing, so a step-N
+  directory is always complete, and prunes to `keep_last`. `--resume` hands step-N to
+  `Trainer.train(resume_from_checkpoint=...)` (model, optimizer, scheduler, RNG, data position).
+- **Metrics**: `TrackerCallback` forwards every Trainer log (TRL's names: loss, eval_loss,
+  rewards/margins, ...) to our `Tracker` on rank 0, and forces a log at the last step.
+- **DeepSpeed**: the recipe's `deepspeed` section becomes the Trainer's DeepSpeed dict through
+  `build_deepspeed_config`, with batch sizes, precision and clipping taken from the section.
+- **final/**: safetensors + tokenizer (+ chat template) + generation config whose eos ids include
+  the chat end-of-turn token; LoRA runs write the adapter to <run dir>/adapter and merge it.
+
+Heavy imports (torch, transformers, TRL) happen inside functions: the CLI imports the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmtrain.atomic import atomic_path
+from llmtrain.distributed import build_deepspeed_config
+from llmtrain.errors import RecipeError, StageInputError
+from llmtrain.rundir import RunDir
+from llmtrain.runtime import dist_env, seed_everything
+from llmtrain.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+ALIGN_METHODS = ("sft", "rm", "dpo", "ppo", "grpo")
+SKIPPED_LOG_KEYS = ("total_flos",)
+
+
+def stage_command(stage: str) -> str:
+    """How a user runs `stage`, for messages."""
+    if stage in ALIGN_METHODS:
+        return f"llmtrain align --method {stage} RECIPE"
+    return f"llmtrain {stage} RECIPE"
+
+
+def step_of(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
+
+
+class AlignRun:
+    """One run of a TRL-backed method: inputs, run directory, tracker, arguments and final/.
+
+    Nothing is written until `start()`, which a method calls once its inputs (model,
+    tokenizer, data) have been checked, so a mistake leaves no run directory behind.
+    """
+
+    def __init__(self, recipe: Any, method: str, section: Any):
+        recipe.check_inputs(method)
+        self.recipe = recipe
+        self.method = method
+        self.section = section
+        self.env = dist_env()
+        self.seed = section.seed if section.seed is not None else recipe.seed
+        seed_everything(self.seed)
+        self.run_dir = RunDir(recipe.stage_dir(method))
+        self.resume_from: Path | None = None
+        self.tracker: Tracker | None = None
+
+    def start(self, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> None:
+        """Prepare the run directory (see RunDir.start) and the tracker."""
+        self.resume_from = self.run_dir.start(
+            self.recipe.to_yaml(), resume=resume, overwrite=overwrite, is_main=self.env.is_main
+        )
+        self.tracker = Tracker(
+            self.run_dir,
+            self.recipe.logging,
+            run_name=f"{self.recipe.name}-{self.method}",
+            config=self.recipe.model_dump(mode="json"),
+            is_main=self.env.is_main,
+            resume_step=step_of(self.resume_from),
+        )
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def input_model_dir(self, path: Path | None = None, key: str = "model") -> Path:
+        """The model directory to start from: `<method>.<key>`, else the input stage's final/."""
+        given = path if path is not None else getattr(self.section, key)
+        if given is None:
+            stage = self.section.INPUT_STAGE
+            default = self.recipe.stage_dir(stage) / "final"
+            if not default.is_dir():
+                raise StageInputError(
+                    f"{self.method}: no input model at {default}; run `{stage_command(stage)}` "
+                    f"first, or set {self.method}.{key} to a Hugging Face model directory"
+                )
+            given = default
+        given = Path(given)
+        if not given.is_dir():
+            raise StageInputError(
+                f"{self.method}.{key}: model directory not found: {given}; give a directory "
+                "written by save_pretrained (config.json, weights, tokenizer)"
+            )
+        if not (given / "config.json").is_file():
+            raise StageInputError(
+                f"{self.method}.{key}: {given} has no config.json, so it is not a Hugging Face "
+                "model directory; save the model with save_pretrained"
+            )
+        return given
+
+    def load_tokenizer(self, model_dir: Path) -> Any:
+        """The tokenizer of `<method>.tokenizer`, else of the model directory; pad = eos if unset."""
+        from transformers import AutoTokenizer
+
+        where = self.section.tokenizer or model_dir
+        key = f"{self.method}.tokenizer" if self.section.tokenizer else f"{self.method}.model"
+        if not any((Path(where) / name).is_file() for name in TOKENIZER_FILES):
+            raise StageInputError(
+                f"{key}: {where} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save the "
+                f"tokenizer into the model directory (tokenizer.save_pretrained) or set "
+                f"{self.method}.tokenizer to a tokenizer directory"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(where), trust_remote_code=self.section.trust_remote_code
+            )
+        except (OSError, ValueError, TypeError) as exc:
+            raise StageInputError(f"{key}: cannot load the tokenizer in {where} ({exc})") from exc
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise StageInputError(
+                    f"{key}: the tokenizer in {where} has neither a pad nor an eos token; "
+                    "add one (tokenizer.add_special_tokens) and save it again"
+                )
+            log.info("the tokenizer has no pad token; padding with eos %r", tokenizer.eos_token)
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def model_kwargs(self, *, quantized: bool = True) -> dict[str, Any]:
+        """from_pretrained arguments: dtype, remote code, QLoRA quantization (unless not
+        `quantized`: the full-precision base an adapter is merged into)."""
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "trust_remote_code": self.section.trust_remote_code,
+            "dtype": torch.float32,
+        }
+        lora = self.section.lora
+        if quantized and lora is not None and lora.quantization != "none":
+            kwargs["quantization_config"] = qlora_quantization(lora.quantization, self.method)
+            kwargs["dtype"] = torch.bfloat16
+        return kwargs
+
+    def check_vocab(self, model: Any, tokenizer: Any, model_dir: Path) -> None:
+        rows = model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows:
+            raise StageInputError(
+                f"{self.method}: the tokenizer has {len(tokenizer)} tokens but the model in "
+                f"{model_dir} has {rows} embedding rows; they do not belong together: use the "
+                f"tokenizer the model was trained with (set {self.method}.tokenizer)"
+            )
+
+    # -- trainer arguments ---------------------------------------------------------------------
+
+    def grad_accum_steps(self) -> int:
+        section, world = self.section, self.env.world_size
+        per_step = section.micro_batch_size * world
+        if section.global_batch_size % per_step:
+            raise RecipeError(
+                f"{self.method}.global_batch_size {section.global_batch_size} is not a multiple "
+                f"of micro_batch_size {section.micro_batch_size} x {world} processes; change one "
+                "of them or the number of processes"
+            )
+        return section.global_batch_size // per_step
+
+    def deepspeed_config(self) -> dict[str, Any] | None:
+        section = self.section
+        if section.deepspeed is None:
+            return None
+        return build_deepspeed_config(
+            section.deepspeed,
+            micro_batch_size=section.micro_batch_size,
+            grad_accum_steps=self.grad_accum_steps(),
+            world_size=self.env.world_size,
+            precision=section.precision,
+            grad_clip=section.grad_clip,
+            where=self.method,
+        )
+
+    def training_args(self, config_cls: type, *, has_validation: bool, **extra: Any) -> Any:
+        """A TRL config (SFTConfig, RewardConfig, DPOConfig, GRPOConfig, ...) from the section."""
+        import torch
+
+        section = self.section
+        on_gpu = torch.cuda.is_available()
+        if section.precision == "fp16" and not on_gpu:
+            raise RecipeError(f"{self.method}.precision: fp16 needs a GPU; use bf16 or fp32")
+        schedule = {
+            "cosine": "cosine_with_min_lr",
+            "linear": "linear",
+            "constant": "constant_with_warmup",
+        }[section.schedule]
+        never = (
+            2**31 - 1
+        )  # "only at the end": the Trainer also evaluates and saves at the last step
+        kwargs: dict[str, Any] = {
+            "output_dir": str(self.run_dir.checkpoints_dir),
+            "run_name": f"{self.recipe.name}-{self.method}",
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "per_device_train_batch_size": section.micro_batch_size,
+            "per_device_eval_batch_size": section.micro_batch_size,
+            "gradient_accumulation_steps": self.grad_accum_steps(),
+            "num_train_epochs": section.epochs,
+            "max_steps": section.max_steps or -1,
+            "learning_rate": section.lr,
+            "lr_scheduler_type": schedule,
+            "lr_scheduler_kwargs": {"min_lr_rate": section.min_lr_ratio}
+            if section.schedule == "cosine"
+            else None,
+            "warmup_steps": section.warmup_steps
+            if section.warmup_steps is not None
+            else section.warmup_ratio,
+            "weight_decay": section.weight_decay,
+            "adam_beta1": section.beta1,
+            "adam_beta2": section.beta2,
+            "adam_epsilon": section.eps,
+            "max_grad_norm": section.grad_clip or 0.0,
+            "bf16": section.precision == "bf16",
+            "fp16": section.precision == "fp16",
+            "activation_checkpointing": section.activation_checkpointing,
+            "logging_strategy": "steps",
+            "logging_steps": section.log_every,
+            "logging_first_step": True,
+            "eval_strategy": "steps" if has_validation else "no",
+            "eval_steps": (section.eval_every or never) if has_validation else None,
+            "save_strategy": "steps",
+            "save_steps": section.save_every or never,
+            "save_total_limit": None,  # RunDirCheckpoints prunes step-N directories
+            "report_to": "none",
+            "disable_tqdm": not self.env.is_main,
+            "deepspeed": self.deepspeed_config(),
+            "ddp_backend": "gloo" if self.env.is_distributed and not on_gpu else None,
+            "use_cpu": not on_gpu,
+            "dataloader_num_workers": 0,
+        }
+        kwargs.update(extra)
+        return config_cls(**kwargs)
+
+    def dataset(self, rows: list[dict], name: str) -> Any:
+        """`rows` as a memory-mapped Dataset in <run dir>/.datasets/<name>.
+
+        The main process writes it, every process reads it (call after `training_args`, which
+        sets up the process group). Caches TRL derives from it, such as precomputed reference
+        log-probs, then land beside it, where every process finds them.
+        """
+        from accelerate import PartialState
+        from datasets import Dataset, load_from_disk
+
+        path = self.run_dir.path / ".datasets" / name
+        state = PartialState()
+        if state.is_main_process:
+            with atomic_path(path) as tmp:
+                Dataset.from_list(rows).save_to_disk(str(tmp))
+        state.wait_for_everyone()
+        return load_from_disk(str(path))
+
+    def peft_config(self, task_type: str, modules_to_save: tuple[str, ...] = ()) -> Any:
+        lora = self.section.lora
+        if lora is None:
+            return None
+        from peft import LoraConfig
+
+        save = list(dict.fromkeys([*lora.modules_to_save, *modules_to_save]))
+        return LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            modules_to_save=save or None,
+            task_type=task_type,
+        )
+
+    def callbacks(self) -> list[Any]:
+        return [tracker_callback(self.tracker)]
+
+    # -- running -------------------------------------------------------------------------------
+
+    def log_data(self, metrics: dict[str, Any]) -> None:
+        """Data counts as the step-0 record of metrics.jsonl (once, not again on resume)."""
+        for key, value in metrics.items():
+            log.info("%s: %s", key, value)
+        if self.resume_from is None and self.tracker is not None:
+            self.tracker.log(0, metrics)
+
+    def train(self, trainer: Any) -> Any:
+        """trainer.train(), from the resume checkpoint if any. Nothing is unpickled: DeepSpeed
+        0.19 loads its checkpoint files with weights_only=False, so it is made to load them
+        weights-only (the pretraining loop does the same)."""
+        guard = contextlib.nullcontext()
+        if self.resume_from is not None:
+            log.info("resuming from %s", self.resume_from)
+            if self.section.deepspeed is not None:
+                from llmtrain.train.checkpoint import weights_only_torch_load
+
+                guard = weights_only_torch_load()
+        try:
+            with guard:
+                return trainer.train(
+                    resume_from_checkpoint=str(self.resume_from) if self.resume_from else None
+                )
+        finally:
+            if self.tracker is not None:
+                self.tracker.close()
+
+    def save_final(
+        self,
+        trainer: Any,
+        tokenizer: Any,
+        *,
+        end_of_turn_id: int | None = None,
+        base_model_dir: Path | None = None,
+        load_base: Any = None,
+    ) -> Path:
+        """Write final/ (every process takes part: ZeRO-3 gathers the weights).
+
+        LoRA runs: the adapter goes to <run dir>/adapter; with `lora.merge` (the default)
+        final/ is the base model (`load_base(base_model_dir)`) with the adapter merged in.
+        """
+        from accelerate.utils import is_peft_model
+
+        staging = self.run_dir.path / ".final-staging"
+        is_main = trainer.accelerator.is_main_process
+        if is_main and staging.exists():
+            shutil.rmtree(staging)
+        trainer.accelerator.wait_for_everyone()
+        peft = is_peft_model(trainer.accelerator.unwrap_model(trainer.model))
+        if peft:
+            trainer.save_model(str(self.run_dir.path / "adapter"))
+            if is_main:
+                (self.run_dir.path / "adapter" / "training_args.bin").unlink(missing_ok=True)
+        else:
+            trainer.save_model(str(staging))
+        trainer.accelerator.wait_for_everyone()
+        if is_main:
+            if peft and self.section.lora.merge:
+                _merge_adapter(load_base(base_model_dir), self.run_dir.path / "adapter", staging)
+            elif peft:
+                shutil.copytree(self.run_dir.path / "adapter", staging)
+
+            def write(tmp: Path) -> None:
+                for item in staging.iterdir():
+                    os.replace(item, tmp / item.name)
+                tokenizer.save_pretrained(str(tmp))
+                _finish_generation_config(tmp, tokenizer, end_of_turn_id)
+                for leftover in ("training_args.bin", "README.md"):
+                    (tmp / leftover).unlink(missing_ok=True)
+
+            self.run_dir.save_final(write)
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(self.run_dir.path / ".datasets", ignore_errors=True)
+            log.info("final model: %s", self.run_dir.final_dir)
+        trainer.accelerator.wait_for_everyone()
+        return self.run_dir.final_dir
+
+
+def _merge_adapter(base: Any, adapter_dir: Path, out_dir: Path) -> None:
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+
+
+def _finish_generation_config(model_dir: Path, tokenizer: Any, end_of_turn_id: int | None) -> None:
+    """eos ids = the chat end-of-turn token and the tokenizer's eos; pad id set (causal LMs;
+    a sequence classifier has no generation config)."""
+    from transformers import GenerationConfig
+
+    if not (model_dir / "generation_config.json").is_file():
+        return
+    config = GenerationConfig.from_pretrained(str(model_dir))
+    eos = config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    wanted = [i for i in (end_of_turn_id, tokenizer.eos_token_id) if i is not None]
+    config.eos_token_id = list(dict.fromkeys([*wanted, *eos]))
+    config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(str(model_dir))
+
+
+def qlora_quantization(kind: str, method: str) -> Any:
+    import torch
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        bitsandbytes = None
+    if not torch.cuda.is_available() or bitsandbytes is None:
+        raise RecipeError(
+            f"{method}.lora.quantization: {kind} (QLoRA) needs a CUDA GPU and the bitsandbytes "
+            f"package; install bitsandbytes on a GPU machine or set {method}.lora.quantization: none"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def tracker_callback(tracker: Tracker) -> Any:
+    """A TrainerCallback that sends every Trainer log to `tracker` and logs the last step."""
+    from transformers import TrainerCallback
+
+    class TrackerCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                tracker.log(
+                    state.global_step,
+                    {key: value for key, value in logs.items() if key not in SKIPPED_LOG_KEYS},
+                )
+            return control
+
+    return TrackerCallback()
+
+
+class RunDirCheckpoints:
+    """Trainer mixin: checkpoints become <run dir>/checkpoints/step-N when complete.
+
+    Use as `class Trainer(RunDirCheckpoints, SFTTrainer)` and pass `run_dir=` and `keep_last=`.
+    The Trainer writes checkpoint-N under output_dir (= checkpoints/); after every process has
+    written its part, the main process renames it to step-N (one atomic rename: a step-N
+    directory is always complete) and deletes all but the newest `keep_last`.
+    """
+
+    def __init__(self, *args: Any, run_dir: RunDir, keep_last: int, **kwargs: Any):
+        self.run_dir = run_dir
+        self.keep_last = keep_last
+        super().__init__(*args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
+        step = self.state.global_step  # type: ignore[attr-defined]
+        if self.args.should_save:  # type: ignore[attr-defined]
+            written = Path(self.args.output_dir) / f"checkpoint-{step}"  # type: ignore[attr-defined]
+            with atomic_path(self.run_dir.checkpoint_dir(step)) as tmp:
+                os.replace(written, tmp)
+            self.run_dir.prune_checkpoints(self.keep_last)
+        self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """No README.md in the checkpoints folder (final/ documents itself by its config)."""
