@@ -32,15 +32,61 @@ class Problem:
         value = self.answer if answer is None else answer
         return f"{self.a} {self.op} {self.b} = {value}. The answer is {value}."
 
+    def ones_column(self) -> int:
+        """The result of the ones column of `worked_solution` (borrowing 10 when needed)."""
+        a_ones, b_ones = self.a % 10, self.b % 10
+        if self.op == "+":
+            return a_ones + b_ones
+        return a_ones + 10 * int(a_ones < b_ones) - b_ones
 
-def make_problems(n: int, seed: int, max_operand: int = 20, ops: str = "+-") -> list[Problem]:
-    """`n` distinct problems (as many as exist when fewer), in a seeded random order."""
+    def worked_solution(self, slip: int = 0) -> str:
+        """Column arithmetic on two-digit operands (subtraction with a >= b), ones then tens:
+        "8 + 5 = 13, 1 + 1 + 1 = 3. The answer is 33." Each step is one small fact, which a
+        tiny model learns where it cannot learn the whole sum at once. `slip` adds that much
+        to the ones column (which must stay >= 0): a plausible wrong answer carried through the
+        steps."""
+        if not (0 <= self.b <= 99 and 0 <= self.a <= 99) or (self.op == "-" and self.a < self.b):
+            raise ValueError(f"no column arithmetic for {self.question!r}")
+        if self.ones_column() + slip < 0:
+            raise ValueError(
+                f"a slip of {slip} makes the ones column of {self.question!r} negative"
+            )
+        a_tens, a_ones = divmod(self.a, 10)
+        b_tens, b_ones = divmod(self.b, 10)
+        if self.op == "+":
+            ones = a_ones + b_ones + slip
+            carry = ones // 10
+            tens = a_tens + b_tens + carry
+            steps = f"{a_ones} + {b_ones} = {ones}, {a_tens} + {b_tens} + {carry} = {tens}"
+            value = tens * 10 + ones % 10
+        else:
+            borrow = int(a_ones < b_ones)
+            ones = a_ones + 10 * borrow - b_ones + slip
+            tens = a_tens - b_tens - borrow
+            steps = f"{a_ones + 10 * borrow} - {b_ones} = {ones}, {a_tens} - {b_tens} - {borrow} = {tens}"
+            value = tens * 10 + ones
+        return f"{steps}. The answer is {value}."
+
+
+def slip_for(problem: Problem, rng: random.Random) -> int:
+    """A nonzero error of at most 3 for the ones column, up or down alike (a preference set
+    whose wrong answers are all too large teaches a model to answer low)."""
+    slip = rng.choice([-3, -2, -1, 1, 2, 3])
+    return slip if problem.ones_column() + slip >= 0 else -slip
+
+
+def make_problems(
+    n: int, seed: int, max_operand: int = 20, ops: str = "+-", non_negative: bool = False
+) -> list[Problem]:
+    """`n` distinct problems (as many as exist when fewer), in a seeded random order;
+    `non_negative` leaves out subtractions with a negative result."""
     rng = random.Random(seed)
     every = [
         Problem(a, op, b)
         for a in range(max_operand + 1)
         for b in range(max_operand + 1)
         for op in ops
+        if not (non_negative and op == "-" and a < b)
     ]
     rng.shuffle(every)
     return every[:n]
@@ -60,19 +106,26 @@ def user_message(problem: Problem) -> dict:
     return {"role": "user", "content": problem.question}
 
 
-def sft_record(problem: Problem) -> dict:
-    return {
-        "messages": [user_message(problem), {"role": "assistant", "content": problem.solution()}]
-    }
+def sft_record(problem: Problem, worked: bool = False) -> dict:
+    answer = problem.worked_solution() if worked else problem.solution()
+    return {"messages": [user_message(problem), {"role": "assistant", "content": answer}]}
 
 
-def preference_record(problem: Problem, rng: random.Random) -> dict:
+def preference_record(problem: Problem, rng: random.Random, worked: bool = False) -> dict:
+    """The right answer over a wrong one; worked: the worked solution over a wrong guess with
+    no steps. (A rejected answer that differs from the chosen one in a digit or two, such as a
+    slip in the worked steps, makes DPO lower the chosen answer's likelihood too: on this task
+    it cost held-out accuracy at every learning rate tried, as Pal et al. 2024 found for
+    pairs at a small edit distance.)"""
+    if worked:
+        chosen = problem.worked_solution()
+        rejected = problem.solution(wrong_answer(problem, rng))
+    else:
+        chosen, rejected = problem.solution(), problem.solution(wrong_answer(problem, rng))
     return {
         "prompt": [user_message(problem)],
-        "chosen": [{"role": "assistant", "content": problem.solution()}],
-        "rejected": [
-            {"role": "assistant", "content": problem.solution(wrong_answer(problem, rng))}
-        ],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
     }
 
 

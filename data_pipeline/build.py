@@ -17,6 +17,7 @@ fingerprints changed are redone.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import functools
@@ -52,8 +53,16 @@ from .scan import (
     read_chunks,
     run_chunks,
 )
-from .shards import dtype_name
-from .tokenize import ShardTask, TokenizerInfo, init_encoder, load_tokenizer, write_shard
+from .shards import ShardInfo, ShardWriter, dtype_name
+from .tokenize import (
+    JOB_DOCUMENTS,
+    ShardTask,
+    TokenizerInfo,
+    encode_documents,
+    encoding_jobs,
+    init_encoder,
+    load_tokenizer,
+)
 
 log = logging.getLogger("llmtrain.data")
 
@@ -64,6 +73,13 @@ REPORT = "report.md"
 def fingerprint(*parts: Any) -> str:
     text = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (a Slurm or container CPU limit, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def file_stamp(path: Path) -> list:
@@ -218,7 +234,7 @@ class DataBuild:
         self.out = out
         self.info = info
         self.steps = Steps(out)
-        self.num_proc = section.num_proc or os.cpu_count() or 1
+        self.num_proc = section.num_proc or available_cpus()
         self.files = {
             source.name: expand_paths(source.paths, key=f"data.sources[{index}].paths")
             for index, source in enumerate(section.sources)
@@ -376,11 +392,16 @@ class DataBuild:
                         2 * self.num_proc,
                     )
                     writer.finish()
+                if stats.empty:  # records with an empty text: read, and dropped as empty
+                    writer.read += stats.empty
+                    writer.dropped["empty"] += stats.empty
+                    writer.dropped_detail["empty.no_text"] += stats.empty
                 result = {
                     "file": str(path),
                     "read": writer.read,
                     "read_errors_skipped": stats.skipped,
                     "read_error_examples": stats.examples,
+                    "empty_records": stats.empty,
                     "dropped": dict(sorted(writer.dropped.items())),
                     "dropped_detail": dict(sorted(writer.dropped_detail.items())),
                     "kept": writer.kept,
@@ -404,8 +425,12 @@ class DataBuild:
             return
         where = f"data.sources[{index}] ({source.name})"
         skipped = sum(r["read_errors_skipped"] for r in records)
-        if read == 0:
-            extra = f" ({skipped} records skipped as unreadable)" if skipped else ""
+        empty = sum(r.get("empty_records", 0) for r in records)
+        if read == empty:
+            notes = [f"{skipped} records skipped as unreadable"] if skipped else []
+            if empty:
+                notes.append(f"{empty} records whose {source.text_field!r} is empty")
+            extra = f" ({', '.join(notes)})" if notes else ""
             raise InputDataError(
                 f"{where}: its files hold no document{extra}; check data.sources[{index}].paths "
                 "and text_field"
@@ -423,8 +448,13 @@ class DataBuild:
         )
         counts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
         check_text = ", ".join(f"{k.split('.', 1)[1]}: {v}" for k, v in checks)
-        if top == "empty":
-            fix = f"data.sources[{index}].clean removes all of their text"
+        if top == "empty" and checks[0][0] == "empty.no_text":
+            fix = f"most records have an empty {source.text_field!r}: check the text_field"
+        elif top == "empty":
+            fix = (
+                "cleaning leaves most of them empty: check the files' text and "
+                f"data.clean / data.sources[{index}].clean"
+            )
         else:
             fix = (
                 f"loosen data.filters.{top} or turn it off for this source "
@@ -539,10 +569,7 @@ class DataBuild:
                         source=source.name,
                         split=task["split"],
                         path=task["path"],
-                        pieces=[
-                            (d, np.concatenate([np.arange(a, b) for a, b in runs]))
-                            for d, runs in task["pieces"]
-                        ],
+                        pieces=[(d, runs) for d, runs in task["pieces"]],
                     )
                     tasks.append((name, task_fp, shard_task, number))
         if tasks:
@@ -597,42 +624,76 @@ class DataBuild:
         return {"tasks": tasks}
 
     def _write_shards(self, tasks: list, shards: dict[str, list]) -> None:
+        """Tokenize the shards' documents in the pool, job by job (a job is a few thousand
+        documents, so even one shard keeps every worker busy), and write each shard here, in
+        order: the output does not depend on the number of processes."""
         started = time.perf_counter()
-        processes = min(self.num_proc, len(tasks))
+        build_dir = str(self.out)
+        documents = sum(
+            b - a for _, _, task, _ in tasks for _, runs in task.pieces for a, b in runs
+        )
+        processes = min(self.num_proc, max(len(tasks), -(-documents // JOB_DOCUMENTS)))
         encoder = (self.info, self.tokenizer.backend_tokenizer.to_str())
-        with _pool(processes, init_encoder, (*encoder, True)) as pool:
-            arguments = [(str(self.out), task) for _, _, task, _ in tasks]
+
+        def jobs() -> Iterator[tuple[tuple[int, bool], tuple]]:
+            cache: dict[str, Any] = {}
+            for number, (_, _, task, _) in enumerate(tasks):
+                pieces = encoding_jobs(build_dir, task, cache)
+                for position, (directory, indices) in enumerate(pieces):
+                    yield (number, position == len(pieces) - 1), (build_dir, directory, indices)
+
+        tokens = 0
+        writer: ShardWriter | None = None
+        progress = tqdm(
+            total=len(tasks), desc="tokenize", unit=" shards", disable=None, leave=False
+        )
+        with _pool(processes, init_encoder, (*encoder, True)) as pool, progress:
             if pool is None:
                 init_encoder(*encoder, worker=False)
-                results = (write_shard(*a) for a in arguments)
-            else:
-                results = pool.imap(_write_shard_star, arguments)
-            tokens = 0
-            results = tqdm(
-                results,
-                total=len(tasks),
-                desc="tokenize",
-                unit=" shards",
-                disable=None,
-                leave=False,
-            )
-            for (name, fp, task, position), entry in zip(tasks, results, strict=True):
-                self.steps.record(name, fp, [entry["path"], entry["index"]], entry)
-                shards[task.source][position] = entry
-                tokens += entry["tokens"]
-                log.info(
-                    "tokenize %s: %s (%d documents, %d tokens)",
-                    task.source,
-                    task.path,
-                    entry["documents"],
-                    entry["tokens"],
-                )
+            try:
+                results = ordered_map(encode_documents, jobs(), pool, 2 * processes)
+                for (number, last), (flat, lengths) in results:
+                    name, fp, task, position = tasks[number]
+                    if writer is None:
+                        (self.out / task.path).parent.mkdir(parents=True, exist_ok=True)
+                        writer = ShardWriter(self.out / task.path, self.info.dtype).__enter__()
+                    writer.add_many(flat, lengths)
+                    if not last:
+                        continue
+                    writer.__exit__(None, None, None)
+                    entry = ShardInfo(
+                        path=task.path,
+                        index=str(Path(task.path).with_suffix(".idx")),
+                        split=task.split,
+                        source=task.source,
+                        tokens=writer.tokens,
+                        documents=writer.documents,
+                        sha256=writer.sha256,
+                    ).to_dict()
+                    writer = None
+                    self.steps.record(name, fp, [entry["path"], entry["index"]], entry)
+                    shards[task.source][position] = entry
+                    tokens += entry["tokens"]
+                    progress.update(1)
+                    log.info(
+                        "tokenize %s: %s (%d documents, %d tokens)",
+                        task.source,
+                        task.path,
+                        entry["documents"],
+                        entry["tokens"],
+                    )
+            except BaseException as exc:
+                if writer is not None:  # remove the half-written shard
+                    with contextlib.suppress(Exception):
+                        writer.__exit__(type(exc), exc, exc.__traceback__)
+                raise
         seconds = time.perf_counter() - started
         log.info(
-            "tokenize: %d tokens in %.1f s (%.0f tokens/s)",
+            "tokenize: %d tokens in %.1f s (%.0f tokens/s, %d processes)",
             tokens,
             seconds,
             tokens / max(seconds, 1e-9),
+            processes,
         )
 
     # ------------------------------------------------------------------ manifest
@@ -750,8 +811,24 @@ def _add_chunk(chunk: Any, *, writer: ScanWriter, progress: Any) -> None:
     progress.update(chunk.read)
 
 
-def _write_shard_star(arguments: tuple) -> dict:
-    return write_shard(*arguments)
+def ordered_map(
+    function: Any, items: Iterator[tuple[Any, tuple]], pool: Any | None, in_flight: int
+) -> Iterator[tuple[Any, Any]]:
+    """(key, function(*arguments)) for each (key, arguments) of `items`, in order; in the pool
+    when given, with at most `in_flight` calls submitted and not yet returned."""
+    if pool is None:
+        for key, arguments in items:
+            yield key, function(*arguments)
+        return
+    pending: collections.deque = collections.deque()
+    for key, arguments in items:
+        pending.append((key, pool.apply_async(function, arguments)))
+        if len(pending) >= in_flight:
+            done_key, result = pending.popleft()
+            yield done_key, result.get()
+    while pending:
+        done_key, result = pending.popleft()
+        yield done_key, result.get()
 
 
 @contextlib.contextmanager

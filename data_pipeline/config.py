@@ -17,6 +17,7 @@ the source sets differ. Light module (no numpy, torch): the recipe imports it fo
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -76,7 +77,7 @@ class GopherQualityFilter(Section):
     """Mean length of words (punctuation-only words not counted)."""
     max_mean_word_length: float = 10.0
     max_symbol_word_ratio: float = 0.1
-    """Hashes and ellipses per word."""
+    """Hashes per word, and ellipses per word (each checked on its own)."""
     max_bullet_lines_ratio: float = 0.9
     """Share of lines that start with a bullet point."""
     max_ellipsis_lines_ratio: float = 0.3
@@ -149,7 +150,7 @@ class DataSource(Section):
     and line, or skip it and count it in the manifest."""
     encoding_errors: Literal["strict", "replace"] = "strict"
     """Bytes that are not UTF-8: an error, or replaced with U+FFFD."""
-    max_epochs: float | None = None
+    max_epochs: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Most passes over this source that target_tokens may need; default: data.max_epochs."""
     clean: CleanSection | None = None
     """Overrides of data.clean for this source (only the keys given)."""
@@ -179,6 +180,8 @@ class DataSource(Section):
             raise ValueError(
                 f"weight must be positive, got {value}; remove the source to leave it out"
             )
+        if math.isinf(value):
+            raise ValueError("weight must be a finite number, got inf")
         return value
 
 
@@ -247,15 +250,16 @@ class DataSection(Section):
     seq_len: int = Field(default=2048, gt=0)
     """Tokens per training sequence (pretraining reads windows of seq_len + 1); recorded in
     the manifest as pretraining's default."""
-    target_tokens: float | None = Field(default=None, gt=0)
+    target_tokens: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Tokens pretraining is meant to read; with the weights it gives each source's epochs.
     Default: the build's training tokens."""
-    max_epochs: float | None = Field(default=16.0, gt=0)
+    max_epochs: float | None = Field(default=16.0, gt=0, allow_inf_nan=False)
     """Most passes over any one source target_tokens may need (sources can override);
     null: no limit."""
     num_proc: int | None = Field(default=None, ge=1)
-    """Worker processes for cleaning, hashing and tokenizing; default: every CPU core."""
-    shard_text_mb: float = Field(default=256.0, gt=0)
+    """Worker processes for cleaning, hashing and tokenizing; default: every CPU core this
+    process may use (its CPU affinity, e.g. a Slurm allocation)."""
+    shard_text_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
     """A shard holds the tokens of at most this many MB of (cleaned) text."""
     keep_intermediate: bool = False
     """Keep the cleaned text, hashes and signatures under work/ after the build."""

@@ -87,7 +87,9 @@ def _gopher_quality(text: str, tokens: list[str], s: GopherQualityFilter) -> str
         return "min_mean_word_length"
     if mean_length > s.max_mean_word_length:
         return "max_mean_word_length"
-    symbols = text.count("#") + text.count("...") + text.count("…")
+    # hashes and ellipses each against the limit (the paper's "for either the hash symbol or
+    # the ellipsis"), not their sum
+    symbols = max(text.count("#"), text.count("...") + text.count("…"))
     if symbols / len(tokens) > s.max_symbol_word_ratio:
         return "max_symbol_word_ratio"
     lines = text.splitlines() or [text]

@@ -32,6 +32,9 @@ class ReadStats:
 
     records: int = 0
     skipped: int = 0
+    empty: int = 0
+    """Records whose text is the empty string (and plain-text files with no text): not
+    yielded, only counted."""
     examples: list[str] = field(default_factory=list)
 
     def skip(self, reason: str) -> None:
@@ -102,7 +105,10 @@ def open_binary(path: Path) -> BinaryIO:
             return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
         return open(path, "rb")  # noqa: SIM115
     except OSError as exc:
-        raise InputDataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+        raise InputDataError(
+            f"{path}: cannot open ({exc.strerror or exc}); check that the file exists and is "
+            "readable, or leave it out of the paths"
+        ) from exc
 
 
 def _unreadable(path: Path, exc: Exception) -> InputDataError:
@@ -207,9 +213,22 @@ def _iter_parquet(path: Path, stats: ReadStats) -> Iterator[tuple[int, dict[str,
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not parquet
-        raise InputDataError(f"{path}: cannot read as parquet ({exc})") from exc
+        raise InputDataError(
+            f"{path}: cannot read as parquet ({exc}); replace the file, or leave it out of the "
+            "paths"
+        ) from exc
     row = 0
-    for batch in parquet.iter_batches(batch_size=1024):
+    batches = parquet.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # damaged pages: OSError, ArrowInvalid, ...
+            raise InputDataError(
+                f"{path}: cannot read the rows after row {row} ({type(exc).__name__}: {exc}); "
+                "the parquet file looks damaged: replace it, or leave it out of the paths"
+            ) from exc
         for record in batch.to_pylist():
             row += 1
             stats.records += 1
@@ -283,6 +302,8 @@ def iter_texts(
             )
         if text:
             yield text
+        else:
+            stats.empty += 1
 
 
 def _iter_plain_text(
@@ -298,6 +319,8 @@ def _iter_plain_text(
             if text.strip():
                 stats.records += 1
                 yield text
+            else:
+                stats.empty += 1
             return
         offset = 0
         paragraph: list[str] = []

@@ -139,11 +139,17 @@ class ShardTask:
     source: str
     split: str
     path: str  # relative to the build directory, e.g. shards/web/train-00000.bin
-    pieces: list[tuple[str, np.ndarray]]  # (scan directory in the build, document indices)
+    pieces: list[tuple[str, list[list[int]]]]  # (scan directory in the build, [start, stop) runs)
 
 
 ENCODE_BATCH = 256
+"""Documents per `encode_batch_fast` call."""
+JOB_DOCUMENTS = 4096
+JOB_BYTES = 8 << 20
+"""An encoding job sent to a worker: at most this many documents and about this much text."""
+
 _ENCODER: DocumentEncoder | None = None
+_SCANS: dict[str, Any] = {}  # this process's open scan outputs (reset by init_encoder)
 
 
 def init_encoder(info: TokenizerInfo, backend_json: str, worker: bool) -> None:
@@ -153,31 +159,49 @@ def init_encoder(info: TokenizerInfo, backend_json: str, worker: bool) -> None:
     if worker:
         limit_tokenizer_threads()
     _ENCODER = DocumentEncoder(info, backend_json)
+    _SCANS.clear()
 
 
-def write_shard(build_dir: str, task: ShardTask) -> dict:
-    """Tokenize a task's documents into its shard; returns the manifest's shard entry."""
+def _scan_output(build_dir: str, directory: str, cache: dict[str, Any]) -> Any:
+    """The scan output of `directory`, from `cache` (a few entries: jobs come in shard order)."""
     from .scan import ScanOutput
-    from .shards import ShardInfo, ShardWriter
 
+    key = f"{build_dir}/{directory}"
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.clear()
+        cache[key] = ScanOutput(Path(build_dir) / directory)
+    return cache[key]
+
+
+def encoding_jobs(
+    build_dir: str, task: ShardTask, cache: dict[str, Any]
+) -> list[tuple[str, np.ndarray]]:
+    """A shard's documents, in order, cut into jobs of at most JOB_DOCUMENTS documents and
+    about JOB_BYTES of text: (scan directory, document indices) each. `cache`: a dict the
+    caller keeps for one build."""
+    from .mixture import shard_ranges
+
+    jobs = []
+    for directory, runs in task.pieces:
+        indices = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
+        sizes = _scan_output(build_dir, directory, cache).text_bytes(indices)
+        for lo, hi in shard_ranges(sizes, JOB_BYTES):
+            for start in range(lo, hi, JOB_DOCUMENTS):
+                jobs.append((directory, indices[start : min(hi, start + JOB_DOCUMENTS)]))
+    return jobs
+
+
+def encode_documents(
+    build_dir: str, directory: str, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One encoding job (runs in a worker): the documents' ids concatenated, and their lengths."""
     encoder = _ENCODER
     assert encoder is not None, "init_encoder was not called"
-    info = encoder.info
-    path = Path(build_dir) / task.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with ShardWriter(path, info.dtype) as writer:
-        for directory, indices in task.pieces:
-            output = ScanOutput(Path(build_dir) / directory)
-            for lo in range(0, len(indices), ENCODE_BATCH):
-                texts = output.texts(indices[lo : lo + ENCODE_BATCH])
-                flat, lengths = encoder.encode(texts)
-                writer.add_many(flat, lengths)
-    return ShardInfo(
-        path=task.path,
-        index=str(Path(task.path).with_suffix(".idx")),
-        split=task.split,
-        source=task.source,
-        tokens=writer.tokens,
-        documents=writer.documents,
-        sha256=writer.sha256,
-    ).to_dict()
+    output = _scan_output(build_dir, directory, _SCANS)
+    flats, lengths = [], []
+    for lo in range(0, len(indices), ENCODE_BATCH):
+        flat, length = encoder.encode(output.texts(indices[lo : lo + ENCODE_BATCH]))
+        flats.append(flat)
+        lengths.append(length)
+    return np.concatenate(flats), np.concatenate(lengths)

@@ -106,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
     run.set_defaults(func=_run_pipeline)
 
+    plan = commands.add_parser(
+        "plan",
+        help="parameters, FLOPs, tokens, predicted loss, memory per GPU (ZeRO 0-3), wall time",
+        parents=[common],
+    )
+    add_recipe_arguments(plan)
+    plan.add_argument("--gpus", type=int, default=8, help="GPUs in data parallel (default 8)")
+    plan.add_argument(
+        "--gpu", default="H100", help="GPU name for its memory and peak FLOP/s (default H100)"
+    )
+    plan.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of one GPU")
+    plan.add_argument("--peak-tflops", type=float, help="peak TFLOP/s of one GPU")
+    plan.add_argument(
+        "--mfu", type=float, default=0.4, help="model FLOPs utilisation for the wall time"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_plan)
+
     report = commands.add_parser(
         "report",
         help="Markdown report (curves, data mixture, metrics, eval) of a pipeline",
@@ -157,6 +175,20 @@ def _run_pipeline(args: argparse.Namespace) -> None:
         from llmtrain.report import build_report
 
         print(f"report: {build_report(recipe.output_dir)}")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from llmtrain.train.plan import format_plan, make_plan
+
+    plan = make_plan(
+        load_recipe_from_args(args),
+        gpus=args.gpus,
+        gpu=args.gpu,
+        gpu_memory=args.gpu_memory,
+        mfu=args.mfu,
+        peak_tflops=args.peak_tflops,
+    )
+    print(plan.to_json() if args.json else format_plan(plan))
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -24,8 +24,8 @@ HEADLINE = {
     "sft": ("loss", "eval_loss"),
     "rm": ("loss", "eval_accuracy", "accuracy"),
     "dpo": ("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"),
-    "ppo": ("reward_mean", "kl", "eval_reward_mean"),
-    "grpo": ("reward", "reward_mean", "kl"),
+    "ppo": ("reward/mean", "eval/reward_mean", "kl", "policy_loss", "value_loss", "entropy"),
+    "grpo": ("reward", "reward_std", "reward_group_zero_std_share", "kl", "loss", "entropy"),
 }
 SKIPPED = {"step", "epoch", "time", "elapsed"}
 

@@ -1,7 +1,7 @@
 """Metrics fan-out: metrics.jsonl always; wandb and TensorBoard when the recipe asks.
 
 Only the main process (rank 0) writes anything. wandb runs offline unless the user configured
-an API key (WANDB_API_KEY or `wandb login`) or set `mode: online`.
+an API key (WANDB_API_KEY or `wandb login`), set `mode: online`, or set WANDB_MODE.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class WandbSection(Section):
     """Run name; default: <recipe name>-<stage>."""
     tags: list[str] = []
     mode: Literal["online", "offline", "disabled"] | None = None
-    """None: online when an API key is configured, else offline (sync later with `wandb sync`)."""
+    """None: the WANDB_MODE environment variable if set, else online when an API key is
+    configured, else offline (sync later with `wandb sync`)."""
 
 
 class LoggingSection(Section):
@@ -95,10 +96,20 @@ class Tracker:
             self._tensorboard = None
 
 
+def wandb_mode(section: WandbSection) -> str:
+    """The recipe's mode; else WANDB_MODE (wandb.init's `mode=` would override it); else online
+    when an API key is configured, offline when not."""
+    if section.mode is not None:
+        return section.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_key_configured() else "offline"
+
+
 def _start_wandb(section: WandbSection, run_path: Path, run_name: str, config: dict) -> Any:
     import wandb
 
-    mode = section.mode or ("online" if wandb_key_configured() else "offline")
+    mode = wandb_mode(section)
     log.info("wandb: project %s, mode %s", section.project, mode)
     return wandb.init(
         project=section.project,

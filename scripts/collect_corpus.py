@@ -5,8 +5,9 @@
 writes
     stdlib_docs.jsonl     docstrings of Python's standard library (documentation text)
     stdlib_source.jsonl   standard library source files (code), capped by --source-mb
-    arithmetic.jsonl      arithmetic problems with worked answers, as pretraining text
-    sft.jsonl             arithmetic chat records {"messages": [...]} for SFT
+    arithmetic.jsonl      arithmetic problems with their answers, as pretraining text
+    sft.jsonl             the same problems as chats {"messages": [...]} whose answers work
+                          the sum out column by column, for SFT
     preferences.jsonl     {"prompt", "chosen", "rejected"} pairs for the reward model and DPO
     prompts.jsonl         {"prompt", "answer"} for PPO and GRPO
     eval_arithmetic.jsonl held-out problems {"prompt", "answer"}, never in any training file
@@ -29,7 +30,9 @@ def collect(out_dir: Path, source_mb: float, seed: int = 1234, held_out: int = 1
     write_jsonl(
         out_dir / "stdlib_source.jsonl", iter_documents("source", max_bytes=int(source_mb * 2**20))
     )
-    problems = arithmetic.make_problems(10**6, seed=seed)
+    # operands up to 30, no negative results: 1457 problems; pretraining text gives the bare
+    # answers, the chats the worked column arithmetic that SFT teaches
+    problems = arithmetic.make_problems(10**6, seed=seed, max_operand=30, non_negative=True)
     train, evaluation = arithmetic.split_problems(problems, held_out)
     lines = [f"{p.question} {p.solution()}" for p in train]
     write_jsonl(
@@ -37,9 +40,12 @@ def collect(out_dir: Path, source_mb: float, seed: int = 1234, held_out: int = 1
         ("\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)),
     )
     rng = random.Random(seed)
-    write_jsonl_records(out_dir / "sft.jsonl", [arithmetic.sft_record(p) for p in train])
     write_jsonl_records(
-        out_dir / "preferences.jsonl", [arithmetic.preference_record(p, rng) for p in train]
+        out_dir / "sft.jsonl", [arithmetic.sft_record(p, worked=True) for p in train]
+    )
+    write_jsonl_records(
+        out_dir / "preferences.jsonl",
+        [arithmetic.preference_record(p, rng, worked=True) for p in train],
     )
     write_jsonl_records(out_dir / "prompts.jsonl", [arithmetic.prompt_record(p) for p in train])
     write_jsonl_records(

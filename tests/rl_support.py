@@ -124,9 +124,10 @@ def rl_recipe(folder: Path, method: str, policy: Path, **overrides) -> Path:
         )
     else:
         section.update(
-            num_generations=8,
+            num_generations=4,
             global_batch_size=32,
             micro_batch_size=16,
+            lr=5.0e-4,
             beta=0.02,
             max_steps=8,
             eval_every=0,
@@ -152,3 +153,28 @@ def greedy_reward(model_dir: Path) -> float:
     outputs = decode(model, tokenizer, prompts, DecodingSection(max_new_tokens=16), chat=True)
     hits = [final_answer(o.text, ANSWER_PATTERN) == str(p.answer) for o, p in zip(outputs, held)]
     return sum(hits) / len(hits)
+
+
+def run_ppo_counting_gathers(recipe_path: str, out_path: str) -> None:
+    """Run `align --method ppo` (under torchrun) and write, from rank 0, how many times the
+    policy was gathered for generation (ZeRO-3)."""
+    from llmtrain.recipe import load_recipe
+    from llmtrain.train.align.ppo import PPOTrainer
+    from llmtrain.train.align.trl_glue import AlignRun
+
+    recipe = load_recipe(recipe_path)
+    section = recipe.section("ppo")
+    run = AlignRun(recipe, "ppo", section)
+    trainer = PPOTrainer(recipe, section, run)
+    run.start(resume=None, overwrite=False)
+    trainer.train()
+    if run.env.is_main:
+        Path(out_path).write_text(
+            json.dumps({"gathers": trainer.gathers, "world": trainer.world, "step": trainer.step})
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_ppo_counting_gathers(sys.argv[1], sys.argv[2])

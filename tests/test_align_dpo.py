@@ -107,34 +107,43 @@ def test_padding_free_forward_matches_the_padded_one(dpo_run, tmp_path):
         torch.testing.assert_close(getattr(flat, name), getattr(padded, name), rtol=0, atol=2e-5)
     assert torch.equal(flat.is_top1, padded.is_top1)
 
-    # the whole DPO loss and its metrics, through the trainer, with and without padding-free
-    def trainer(padding_free: bool):
+    # the whole DPO loss and its metrics, through the trainer, with and without padding-free,
+    # for losses that read sequence sums (sigmoid), per-token means (ipo), the chosen tokens'
+    # log-probs (sft, RPO) and the log-ratios alone (apo_zero)
+    def trainer(padding_free: bool, loss_type: list[str]):
+        name = f"{'-'.join(loss_type)}-{padding_free}"
         args = DPOConfig(
-            output_dir=str(tmp_path / f"out-{padding_free}"), report_to="none", bf16=False,
+            output_dir=str(tmp_path / f"out-{name}"), report_to="none", bf16=False,
             use_cpu=True, per_device_train_batch_size=6, max_length=None,
-            activation_checkpointing=False, beta=0.1,
+            activation_checkpointing=False, beta=0.1, loss_type=loss_type,
         )  # fmt: skip
         return dpo_trainer_class()(
-            run_dir=RunDir(tmp_path / f"run-{padding_free}"), keep_last=1,
+            run_dir=RunDir(tmp_path / f"run-{name}"), keep_last=1,
             padding_free=padding_free, model=AutoModelForCausalLM.from_pretrained(final),
+            ref_model=AutoModelForCausalLM.from_pretrained(recipe.dpo.model),
             args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         )  # fmt: skip
 
-    losses, metrics = [], []
-    for padding_free in (False, True):
-        t = trainer(padding_free)
-        t.model.train()  # dropout is disabled; train mode files the metrics under "train"
-        with torch.no_grad():
-            losses.append(t.compute_loss(t.model, t._prepare_inputs(t.data_collator(rows[:6]))))
-        metrics.append({k: v[-1] for k, v in t._metrics["train"].items()})
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for key in ("rewards/margins", "logps/chosen", "logps/rejected", "entropy"):
-        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-5), key
+    for loss_type in (["sigmoid"], ["ipo"], ["sigmoid", "sft"], ["apo_zero"]):
+        losses, metrics = [], []
+        for padding_free in (False, True):
+            t = trainer(padding_free, loss_type)
+            t.model.train()  # dropout is disabled; train mode files the metrics under "train"
+            inputs = t._prepare_inputs(t.data_collator(rows[:6]))
+            with torch.no_grad():
+                losses.append(t.compute_loss(t.model, inputs))
+            metrics.append({k: v[-1] for k, v in t._metrics["train"].items()})
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6, msg=str(loss_type))
+        assert metrics[0]["rewards/margins"] > 1.0  # the policy is far from the reference
+        for key in ("rewards/margins", "logps/chosen", "logps/rejected", "entropy"):
+            assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-5), key
 
 
 def test_padding_free_precomputed_reference_run_learns_and_resumes(sft_arithmetic, tmp_path):
     sft_recipe, _ = sft_arithmetic
     train, held = write_preference_data(tmp_path)
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:64]))  # 6 steps of 8 pairs: the reference scores 64 + 40
     section = _dpo_section(
         sft_recipe, train, held,
         max_steps=6, global_batch_size=8, micro_batch_size=4, save_every=3, keep_last=0,
@@ -180,3 +189,49 @@ def test_dpo_section_checks_loss_types():
         {"data": [{"path": "p.jsonl"}], "loss_type": ["sigmoid", "sft"], "loss_weights": [1, 0.5]},
     )
     assert section.loss_type == ["sigmoid", "sft"]
+
+
+def test_lora_uses_the_base_as_reference_and_a_given_reference_is_used(
+    tmp_path, tiny_causal_lm_dir, tiny_tokenizer_dir
+):
+    from tests.conftest import build_tiny_causal_lm
+
+    train, _ = write_preference_data(tmp_path)
+    common = {
+        "model": str(tiny_causal_lm_dir), "data": [{"path": str(train)}], "validation_split": 0,
+        "max_steps": 6, "global_batch_size": 8, "micro_batch_size": 8, "eval_every": 0,
+        "save_every": 0, **FAST, "log_every": 1,
+    }  # fmt: skip
+
+    # LoRA: no reference copy; the reference is the base with the adapters switched off
+    lora = {**common, "lr": 1.0e-2, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+    recipe = load_recipe(write_recipe_file(tmp_path / "lora", {"dpo": lora}))
+    trainer = run_dpo(recipe, run_args())
+    assert trainer.ref_model is None
+    run_dir = recipe.stage_dir("dpo")
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "rewards/margins" in r]
+    assert records[0]["rewards/chosen"] == pytest.approx(0, abs=1e-6)
+    assert records[0]["rewards/rejected"] == pytest.approx(0, abs=1e-6)
+    assert records[-1]["rewards/margins"] > 0.3
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert not (run_dir / "final" / "adapter_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    batch = tokenizer(["What is 3 + 4? 3 + 4 = 7."], return_tensors="pt")
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "final").eval()
+    with torch.no_grad():
+        expected = trainer.model.eval()(**batch).logits
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-4)
+
+    # dpo.ref_model: that model is the reference, so the rewards start away from 0 (with
+    # the policy as its own reference they start at exactly 0, as above)
+    other = build_tiny_causal_lm(tiny_tokenizer_dir, tmp_path / "other", seed=1)
+    given = {**common, "max_steps": 1, "lr": 1.0e-3, "ref_model": str(other)}
+    recipe = load_recipe(write_recipe_file(tmp_path / "ref", {"dpo": given}))
+    trainer = run_dpo(recipe, run_args())
+    expected = AutoModelForCausalLM.from_pretrained(other)
+    for (name, a), (_, b) in zip(
+        trainer.ref_model.named_parameters(), expected.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    (first,) = [r for r in read_metrics(recipe.stage_dir("dpo") / "metrics.jsonl") if "loss" in r]
+    assert abs(first["rewards/chosen"]) > 1e-2 and abs(first["rewards/margins"]) > 1e-2

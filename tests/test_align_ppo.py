@@ -1,12 +1,17 @@
 """`llmtrain align --method ppo` on the small-sums task."""
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmtrain.errors import InputDataError, StageInputError
+from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.recipe import load_recipe
 from llmtrain.rundir import read_metrics
 from llmtrain.train.align.ppo import run_ppo
@@ -22,13 +27,17 @@ REQUIRED_METRICS = (
     "clip_fraction",
     "approx_kl",
     "value_loss",
+    "value_clip_fraction",
     "policy_loss",
     "explained_variance",
     "response_length",
     "eos_fraction",
     "time/generation",
     "time/scoring",
+    "time/reference",
+    "time/update",
     "time/training",
+    "time/step",
     "generation_tokens_per_s",
     "lr",
 )
@@ -124,6 +133,8 @@ def test_ppo_with_a_reward_model_from_the_rm_stage(rl_policy, tmp_path):
         max_steps=2,
         eval_every=0,
         save_every=0,
+        kl_target=0.05,  # adaptive KL coefficient
+        kl_horizon=48,
         rewards=[
             {"type": "reward_model"},
             {"type": "format", "pattern": ANSWER_PATTERN, "weight": 0.5},
@@ -138,8 +149,14 @@ def test_ppo_with_a_reward_model_from_the_rm_stage(rl_policy, tmp_path):
     run_rm(recipe, run_args())
     run_ppo(recipe, run_args())
     records = read_metrics(recipe.stage_dir("ppo") / "metrics.jsonl")
-    last = [r for r in records if "reward/reward_model" in r][-1]
-    assert last["step"] == 2 and "reward/format" in last
+    steps = [r for r in records if "reward/reward_model" in r]
+    assert [r["step"] for r in steps] == [1, 2] and "reward/format" in steps[-1]
+    # the controller: coef x (1 + clip(kl / target - 1, +-0.2) x 24 sequences / horizon 48);
+    # the first rollout comes from the reference itself (kl 0)
+    assert steps[0]["kl"] == 0.0
+    assert steps[0]["kl_coef"] == pytest.approx(0.02 * (1 - 0.2 * 0.5))
+    error = max(-0.2, min(0.2, steps[1]["kl"] / 0.05 - 1))
+    assert steps[1]["kl_coef"] == pytest.approx(steps[0]["kl_coef"] * (1 + error * 0.5))
     assert (recipe.stage_dir("ppo") / "final" / "model.safetensors").is_file()
 
 
@@ -157,6 +174,17 @@ def test_ppo_bad_input(rl_policy, tmp_path):
         StageInputError, match=r"no reward model at .*rm/final; run `llmtrain align --method rm"
     ):
         run_ppo(load_recipe(path), run_args())
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps({"optimizer": {"type": "Adam", "params": {"lr": 1e-3}}}))
+    path = rl_recipe(
+        tmp_path, "ppo", rl_policy, deepspeed={"zero_stage": 2, "config": str(ds_json)}
+    )
+    with pytest.raises(RecipeError, match=r"ppo.deepspeed.config: .*ds.json sets 'optimizer'"):
+        run_ppo(load_recipe(path), run_args())
+    with pytest.raises(RecipeError, match=r"lora: PPO trains every weight"):
+        load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, lora={"r": 4}))
+    with pytest.raises(RecipeError, match=r"rollout_batch_size 20 is not a multiple of"):
+        load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, rollout_batch_size=20))
     recipe = load_recipe(rl_recipe(tmp_path, "ppo", rl_policy), ["ppo.model=null"])
     with pytest.raises(
         StageInputError,
@@ -191,3 +219,73 @@ def test_long_prompts_are_truncated_and_counted(rl_policy, tmp_path):
     counts = {}
     assert fit_prompts(records[:1], tokenizer, 20, "truncate", counts) == []
     assert counts == {"truncated_prompts": 0, "dropped_long_prompts": 1}
+
+
+def _torchrun_ppo(recipe: Path, out: Path) -> dict:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(port),
+        str(Path(__file__).parent / "rl_support.py"), str(recipe), str(out),
+    ]  # fmt: skip
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_deepspeed_zero3_on_two_processes_follows_ddp(rl_policy, tmp_path):
+    """ZeRO-3 over two processes (policy, value model and reference sharded; the policy
+    gathered once per rollout and once per evaluation for generation) gives the numbers of
+    DDP over two processes, and its final/ is the whole policy."""
+    common = dict(max_steps=2, eval_every=0, save_every=0, micro_batch_size=6)
+    ddp = _torchrun_ppo(rl_recipe(tmp_path / "ddp", "ppo", rl_policy, **common), tmp_path / "d")
+    zero3 = _torchrun_ppo(
+        rl_recipe(tmp_path / "z3", "ppo", rl_policy, deepspeed={"zero_stage": 3}, **common),
+        tmp_path / "z",
+    )
+    assert ddp == {"gathers": 0, "world": 2, "step": 2}
+    assert zero3 == {"gathers": 4, "world": 2, "step": 2}  # 2 rollouts + evaluations at 0 and 2
+    timing = ("time/", "generation_tokens_per_s")
+
+    def metrics(name):
+        return [
+            {k: v for k, v in r.items() if not k.startswith(timing)}
+            for r in read_metrics(tmp_path / name / "out" / "ppo" / "metrics.jsonl")
+        ]
+
+    expected, got = metrics("ddp"), metrics("z3")
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == [0, 0, 1, 2]
+    for theirs, ours in zip(expected, got):
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert ours[key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+    final = tmp_path / "z3" / "out" / "ppo" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "out" / "ppo" / "final")
+    for (name, ours), (_, theirs) in zip(
+        model.state_dict().items(), reference.state_dict().items()
+    ):
+        assert ours.shape == theirs.shape, name
+        assert (ours - theirs).abs().max() < 1e-3, name
+
+
+def test_text_prompts_need_no_chat_template(rl_policy):
+    from llmtrain.train.align.prompts import rl_chat_template, stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(rl_policy)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    chat = [{"prompt": [{"role": "user", "content": "What is 1 + 2?"}]}]
+    template = rl_chat_template(tokenizer, "tokenizer", chat, method="ppo", tokenizer_dir=rl_policy)
+    assert stop_token_ids(tokenizer, template) == sorted([tokenizer.eos_token_id, im_end])
+    tokenizer.chat_template = None  # a base model's tokenizer
+    text = [{"prompt": "1 + 2 ="}, {"prompt": "3 + 4 ="}]
+    assert rl_chat_template(tokenizer, "tokenizer", text, method="ppo", tokenizer_dir="x") is None
+    assert stop_token_ids(tokenizer, None) == [tokenizer.eos_token_id]
+    with pytest.raises(StageInputError, match=r"has no chat template and the recipe sets none"):
+        rl_chat_template(tokenizer, "tokenizer", text + chat, method="ppo", tokenizer_dir="x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from llmtrain.train.align.chat_data import (
     load_examples,
     normalize_preference,
     tokenize_preferences,
+    uses_chat_template,
 )
 from llmtrain.train.align.config import RMSection
 from llmtrain.train.align.rm import (
@@ -189,6 +191,9 @@ def test_preference_records_are_checked(tmp_path):
         "rejected": good[0]["prompt"] + good[0]["rejected"],
     }
     assert normalize_preference(conversation) == good[0]
+    # one message record among text ones is enough to need the chat template
+    text = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    assert not uses_chat_template([text]) and uses_chat_template([text, good[0]])
     assert normalize_preference({"prompt": "q", "chosen": "same", "rejected": "same"}) is None
 
 
@@ -214,3 +219,48 @@ def test_pairs_over_max_length_lose_prompt_tokens_first(tiny_tokenizer_dir):
         [example], tokenizer, CHATML, max_length=40, on_too_long="drop"
     )
     assert (rows, stats.dropped_too_long) == ([], 1)
+
+
+def test_lora_reward_model_resumes_and_merges_its_head(tmp_path, tiny_causal_lm_dir):
+    train, _ = write_preference_data(tmp_path)
+    section = {
+        "model": str(tiny_causal_lm_dir), "data": [{"path": str(train)}], "validation_split": 0,
+        "max_steps": 6, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-2,
+        "save_every": 3, "keep_last": 0, "eval_every": 0, **FAST, "log_every": 1,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+    }  # fmt: skip
+    recipe = load_recipe(write_recipe_file(tmp_path, {"rm": section}))
+    trainer = run_rm(recipe, run_args())
+    run_dir = recipe.stage_dir("rm")
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert "score" in adapter["modules_to_save"]  # the new head is trained in full
+    straight = {
+        r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r
+    }
+    assert straight[6] < 0.5 * straight[1]
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    batch = tokenizer(
+        ["What is 3 + 4? 3 + 4 = 7.", "I don't know."], return_tensors="pt", padding=True
+    )
+    with torch.no_grad():
+        expected = sequence_scores(
+            trainer.model.eval(), batch["input_ids"], batch["attention_mask"]
+        )
+    merged = AutoModelForSequenceClassification.from_pretrained(run_dir / "final").eval()
+    with torch.no_grad():
+        got = sequence_scores(merged, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+    # killed after the step-3 checkpoint: resuming reproduces steps 4-6 and the final scores
+    shutil.rmtree(run_dir / "checkpoints" / "step-6")
+    shutil.rmtree(run_dir / "final")
+    run_rm(recipe, run_args(resume=True))
+    resumed = {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5)
+    again = AutoModelForSequenceClassification.from_pretrained(run_dir / "final").eval()
+    with torch.no_grad():
+        scores = sequence_scores(again, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(scores, got, rtol=0, atol=1e-5)

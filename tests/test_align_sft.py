@@ -170,18 +170,16 @@ def test_every_prompt_token_has_label_minus_100(tiny_tokenizer_dir):
 
 
 def _token_nll(model, batch):
-    """(sum of next-token NLL over labelled tokens, their count) of one collated batch."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    """(sum of next-token NLL over labelled tokens, their count) of one collated batch, from
+    the model's own loss on every key the collator made (as the trainer calls it)."""
+    count = int((batch["labels"][:, 1:] != -100).sum())
     with torch.no_grad():
-        logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1]
-    mask = labels != -100
-    nll = torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
-    return nll.item(), int(mask.sum())
+        mean = model(**batch, use_cache=False).loss.item()
+    return mean * count, count
 
 
-def test_packing_gives_the_same_loss_as_unpacked_batches(sft_arithmetic):
+@pytest.mark.parametrize("assistant_only", [True, False])
+def test_packing_gives_the_same_loss_as_unpacked_batches(sft_arithmetic, assistant_only):
     from datasets import Dataset
     from trl.data_utils import pack_dataset
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -197,8 +195,11 @@ def test_packing_gives_the_same_loss_as_unpacked_batches(sft_arithmetic):
         CHATML,
         max_length=256,
         on_too_long="truncate",
-        assistant_only=True,
+        assistant_only=assistant_only,
     )
+    # assistant_only false: every example starts with a labelled token, which a packed row
+    # must not train to follow the previous example
+    assert all((row["labels"][0] != -100) == (not assistant_only) for row in rows)
 
     padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     unpacked = [_token_nll(model, padded(rows[i : i + 8])) for i in range(0, len(rows), 8)]
@@ -215,6 +216,7 @@ def test_packing_gives_the_same_loss_as_unpacked_batches(sft_arithmetic):
         return sum(s for s, _ in parts) / sum(n for _, n in parts)
 
     assert sum(n for _, n in packed) == sum(n for _, n in unpacked)
+    assert sum(n for _, n in padding_free) == sum(n for _, n in unpacked)
     assert mean(packed) == pytest.approx(mean(unpacked), rel=1e-5)
     assert mean(padding_free) == pytest.approx(mean(unpacked), rel=1e-5)
 
@@ -222,6 +224,7 @@ def test_packing_gives_the_same_loss_as_unpacked_batches(sft_arithmetic):
     leaky = []
     for i in range(0, len(packed_rows), 2):
         batch = flat(packed_rows[i : i + 2])
+        batch = {k: batch[k] for k in ("input_ids", "labels")}
         batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
         leaky.append(_token_nll(model, batch))
     assert abs(mean(leaky) - mean(unpacked)) > 1e-2
@@ -392,6 +395,83 @@ def _section(tmp_path, records, **extra):
 
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+MARKED_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}{{ 'A: ' }}"
+    "{%- generation -%}{{ m['content'] + '<|im_end|>' }}{%- endgeneration -%}{{ '\\n' }}"
+    "{%- else -%}{{ 'U: ' + m['content'] + '\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'A: ' }}{%- endif -%}"
+)
+
+
+def test_chat_template_from_the_recipe_and_bad_choices(tmp_path, tiny_tokenizer_dir):
+    from llmtrain.train.align.chat_data import (
+        end_of_turn_token_id,
+        resolve_chat_template,
+        stop_token_trained,
+        training_template,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    # a Jinja template given in the recipe is the one rendered and trained on
+    section = validate_section(
+        SFTSection, {"data": [{"path": "x.jsonl"}], "chat_template": MARKED_TEMPLATE}
+    )
+    template = resolve_chat_template(
+        tokenizer, section.chat_template, method="sft", tokenizer_dir=tiny_tokenizer_dir
+    )
+    assert template == MARKED_TEMPLATE == tokenizer.chat_template
+    assert training_template(tokenizer, template, method="sft") == template
+    ids, labels = sft_tokens(
+        {"messages": GOOD["messages"], "train_from": 0}, tokenizer, template, assistant_only=True
+    )
+    assert tokenizer.decode(ids) == "U: hi\nA: hello<|im_end|>\n"
+    assert _labelled_spans(tokenizer, ids, labels) == ["hello<|im_end|>"]
+    assert end_of_turn_token_id(tokenizer, template) == tokenizer.convert_tokens_to_ids(
+        "<|im_end|>"
+    )
+    assert stop_token_trained(tokenizer, template)
+
+    # a name that is neither a built-in template nor Jinja: refused by the recipe check
+    with pytest.raises(RecipeError) as err:
+        validate_section(SFTSection, {"data": [{"path": "x.jsonl"}], "chat_template": "chatlm"})
+    assert str(err.value) == (
+        "chat_template: 'chatlm' is neither `tokenizer`, a built-in template (chatml) nor a "
+        "Jinja template (one with {{ }} or {% %})"
+    )
+
+    # no {% generation %} markers (and not a template TRL has a marked copy of)
+    plain = MARKED_TEMPLATE.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+    with pytest.raises(StageInputError) as err:
+        training_template(tokenizer, plain, method="sft")
+    assert str(err.value) == (
+        "the chat template has no {% generation %} markers, which sft.assistant_only_loss needs "
+        "to find the assistant tokens; set sft.chat_template: chatml, give a template with "
+        "{% generation %}...{% endgeneration %} around assistant turns, or set "
+        "sft.assistant_only_loss: false"
+    )
+    # the end-of-turn token outside the span: the model would never learn to stop (warned)
+    late = MARKED_TEMPLATE.replace(
+        "{{ m['content'] + '<|im_end|>' }}{%- endgeneration -%}",
+        "{{ m['content'] }}{%- endgeneration -%}{{ '<|im_end|>' }}",
+    )
+    assert late != MARKED_TEMPLATE and not stop_token_trained(tokenizer, late)
+    assert stop_token_trained(tokenizer, CHATML)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPU")
+def test_qlora_without_a_gpu_says_what_it_needs():
+    from llmtrain.train.align.trl_glue import qlora_quantization
+
+    with pytest.raises(RecipeError) as err:
+        qlora_quantization("4bit", "sft")
+    assert str(err.value) == (
+        "sft.lora.quantization: 4bit (QLoRA) needs a CUDA GPU and the bitsandbytes package; "
+        "install bitsandbytes on a GPU machine or set sft.lora.quantization: none"
+    )
 
 
 def test_unknown_role_and_empty_assistant_turn(tmp_path):

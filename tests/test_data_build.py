@@ -139,6 +139,55 @@ def test_rerun_does_nothing_and_other_settings_are_refused(dedup_build, caplog):
     assert (out / "manifest.json").is_file()  # the refused run touched nothing
 
 
+def test_filters_count_what_they_drop_per_source(tiny_tokenizer_dir, tmp_path):
+    good = english_documents(9, seed=21)
+    words = good[0].split()
+    lines = [" ".join(words[i : i + 10]) for i in range(0, len(words), 10)]
+    bullets = "\n".join("- " + line for line in lines)  # 50+ words, every line a bullet
+    repeated = "\n".join(lines + lines[:6])  # 6 of 16 lines repeat an earlier one
+    prose = [*good[1:6], "Hi there.", bullets, "too short to keep", repeated, "\x00\x07 \n", ""]
+    code = [*good[6:], bullets]
+    out = build_data(
+        validate_recipe(
+            data_recipe(
+                tmp_path,
+                tiny_tokenizer_dir,
+                [
+                    {"name": "prose", "paths": [str(write_jsonl(tmp_path / "p.jsonl", prose))]},
+                    {
+                        "name": "code",
+                        "paths": [str(write_jsonl(tmp_path / "c.jsonl", code))],
+                        "filters": {"gopher_quality": {"enabled": False}},
+                    },
+                ],
+                validation={"fraction": 0},
+            )
+        )
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    prose_entry, code_entry = manifest["sources"]
+    assert prose_entry["documents_read"] == 11 and prose_entry["after_filters"] == 5
+    assert prose_entry["dropped"] == {"empty": 2, "gopher_quality": 1, "length": 2, "repetition": 1}
+    assert prose_entry["dropped_detail"] == {
+        "empty.after_cleaning": 1,
+        "empty.no_text": 1,
+        "gopher_quality.max_bullet_lines_ratio": 1,
+        "length.min_words": 2,
+        "repetition.max_duplicate_lines_ratio": 1,
+    }
+    # the source that turned the quality filter off keeps the bullet list
+    assert code_entry["dropped"] == {} and code_entry["documents"] == 4
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    decoded = decode_shards(out, tokenizer)
+    assert decoded == {"prose": good[1:6], "code": [*good[6:], bullets]}
+    report = (out / "report.md").read_text()
+    assert (
+        "| prose | 11 | 0 | empty 2, gopher_quality 1, length 2, repetition 1 | 0 | 0 | 0 | 5 |"
+        in (report)
+    )
+    assert "- prose: gopher_quality.max_bullet_lines_ratio 1" in report
+
+
 def test_decontamination_catches_a_planted_13gram(tiny_tokenizer_dir, tmp_path):
     passage = english_documents(1, seed=9, words=(40, 41))[0]
     words = passage.split()
@@ -213,6 +262,49 @@ def test_mixture_shares_epochs_and_max_epochs(dedup_build, tmp_path, caplog):
     assert new["target_tokens"] == target
     assert new["sources"][1]["epochs"] == pytest.approx(target / 3 / books["tokens"])
     assert new["shards"] == manifest["shards"]
+    # the report's GPT-3-style table: weight in mix and epochs at the target, per source
+    epochs = [target * w / s["tokens"] for w, s in zip((2 / 3, 1 / 3), (web, books), strict=True)]
+    assert epochs[1] > 4  # books repeated past the max_epochs that was refused above
+    report = (out / "report.md").read_text()
+    assert f"| 66.7% | {epochs[0]:.2f} |" in report and f"| 33.3% | {epochs[1]:.2f} |" in report
+    assert f"target {target / 1e3:.2f}K tokens" in report
+
+
+def test_a_vocabulary_above_65536_gets_uint32_shards(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<eos>": 1, **{f"w{i}": i + 2 for i in range(70_000)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>", unk_token="[UNK]"
+    ).save_pretrained(str(tmp_path / "big"))
+    rng = np.random.default_rng(0)
+    docs = [" ".join(f"w{i}" for i in rng.integers(0, 70_000, 40)) for _ in range(6)]
+    out = build_data(
+        validate_recipe(
+            data_recipe(
+                tmp_path,
+                tmp_path / "big",
+                [{"name": "ids", "paths": [str(write_jsonl(tmp_path / "ids.jsonl", docs))]}],
+                filters={
+                    "length": {"min_words": 1},
+                    "gopher_quality": {"enabled": False},
+                    "repetition": {"enabled": False},
+                },
+                validation={"fraction": 0},
+            )
+        )
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "uint32" and manifest["tokenizer"]["vocab_size"] == 70_002
+    (shard,) = manifest["shards"]
+    assert (out / shard["path"]).stat().st_size == 4 * shard["tokens"] == 4 * 41 * 6
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "big"))
+    assert decode_shards(out, tokenizer) == {"ids": docs}  # ids above 65535 survive
+    batch = next(TrainBatches(out, seq_len=16, micro_batch_size=4, seed=0))
+    assert int(batch.max()) > 65_535
 
 
 def test_sources_in_every_format_with_their_own_fields(tiny_tokenizer_dir, tmp_path):

@@ -98,6 +98,14 @@ def test_unreadable_file(tmp_path, tiny_tokenizer_dir):
             "the source to leave it out",
         ),
         (
+            {"weight": float("inf")},
+            "data.sources[0].weight: weight must be a finite number, got inf",
+        ),
+        (
+            {"max_epochs": 0},
+            "data.sources[0].max_epochs: expected greater than 0, got 0",
+        ),
+        (
             {"name": "a/b"},
             "data.sources[0].name: source name 'a/b' must start with a letter or "
             "digit and hold only letters, digits, _ . - (it names files)",
@@ -147,6 +155,64 @@ def test_source_emptied_by_a_filter_names_it(tmp_path, tiny_tokenizer_dir):
         "this source (data.sources[1].filters.length.enabled: false), then run `llmtrain data` "
         "again with --overwrite (finished steps are reused)"
     )
+
+
+def test_source_without_any_document(tmp_path, tiny_tokenizer_dir):
+    good = write_jsonl(tmp_path / "good.jsonl", english_documents(4, seed=1))
+    blank = write_jsonl(tmp_path / "blank.jsonl", ["", ""])
+    with pytest.raises(InputDataError) as error:
+        build_data(
+            recipe_with(
+                tmp_path,
+                tiny_tokenizer_dir,
+                [
+                    {"name": "prose", "paths": [str(good)]},
+                    {"name": "blank", "paths": [str(blank)]},
+                ],
+            )
+        )
+    assert str(error.value) == (
+        "data.sources[1] (blank): its files hold no document (2 records whose 'text' is "
+        "empty); check data.sources[1].paths and text_field"
+    )
+
+
+def test_source_emptied_by_cleaning(tmp_path, tiny_tokenizer_dir):
+    controls = write_jsonl(tmp_path / "controls.jsonl", ["\x07\x07", "\ufeff \x00", "\x1b", ""])
+    with pytest.raises(InputDataError) as error:
+        build_data(
+            recipe_with(tmp_path, tiny_tokenizer_dir, [{"name": "c", "paths": [str(controls)]}])
+        )
+    assert str(error.value) == (
+        "data.sources[0] (c): the filters removed all 4 documents (empty 4); the empty filter "
+        "removed the most (after_cleaning: 3, no_text: 1); cleaning leaves most of them empty: "
+        "check the files' text and data.clean / data.sources[0].clean, then run `llmtrain data` "
+        "again with --overwrite (finished steps are reused)"
+    )
+
+
+def test_unreachable_target_names_the_source_and_the_fix(tmp_path, tiny_tokenizer_dir):
+    corpus = write_jsonl(tmp_path / "web.jsonl", english_documents(4, seed=1))
+    recipe = recipe_with(
+        tmp_path,
+        tiny_tokenizer_dir,
+        [{"name": "web", "paths": [str(corpus)]}],
+        target_tokens=1e9,
+        validation={"fraction": 0},
+    )
+    with pytest.raises(RecipeError) as error:
+        build_data(recipe)
+    message = str(error.value)
+    assert message.startswith(
+        "data.sources[0] (web): the target of 1,000,000,000 tokens x weight 1.000 needs "
+        "1,000,000,000 tokens from this source, "
+    )
+    assert message.endswith(
+        "training tokens, above max_epochs 16; lower its weight or data.target_tokens, raise "
+        "max_epochs, or add text to the source (then run `llmtrain data` again: finished steps "
+        "are reused)"
+    )
+    assert not (tmp_path / "out" / "data" / "manifest.json").exists()  # no build that lies
 
 
 def test_source_emptied_by_dedup_names_it(tmp_path, tiny_tokenizer_dir):

@@ -122,6 +122,22 @@ def test_ranks_split_the_global_stream_without_overlap(three_sources):
     assert not rank_windows[0] & rank_windows[1]
 
 
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_get_disjoint_windows_covering_the_data(one_source, world_size):
+    ranks = [
+        TrainBatches(one_source, seq_len=SEQ, micro_batch_size=2, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    steps = ranks[0].num_windows // (2 * world_size)  # one epoch: 88 windows
+    seen = [window_starts(take(r, steps)) for r in ranks]
+    for starts in seen:
+        assert len(starts) == len(set(starts)) == 2 * steps
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            assert not set(seen[a]) & set(seen[b])
+    assert sorted(s for starts in seen for s in starts) == [k * SEQ for k in range(88)]
+
+
 def test_state_from_another_seed_or_world_size_is_refused(three_sources):
     batches = TrainBatches(three_sources, seq_len=SEQ, micro_batch_size=4, seed=7)
     take(batches, 3)

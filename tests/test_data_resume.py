@@ -111,3 +111,32 @@ def test_killed_build_completes_on_rerun(
     )
     assert result.returncode == 0, result.stderr
     assert "is complete with these settings; nothing to do" in result.stderr
+
+
+@pytest.mark.multiprocess
+def test_one_shard_tokenized_by_several_workers_is_the_same(
+    tmp_path, tiny_tokenizer_dir, monkeypatch, caplog
+):
+    from llmtrain.data_pipeline import build, tokenize
+    from llmtrain.recipe import validate_recipe
+    from tests.data_support import data_recipe, decode_shards
+
+    docs = english_documents(60, seed=31)
+    corpus = write_jsonl(tmp_path / "web.jsonl", docs)
+    builds = []
+    for name, num_proc, job_documents in (("one", 1, 4096), ("two", 2, 7)):
+        monkeypatch.setattr(tokenize, "JOB_DOCUMENTS", job_documents)  # 9 jobs for the shard
+        monkeypatch.setattr(build, "JOB_DOCUMENTS", job_documents)
+        raw = data_recipe(tmp_path, tiny_tokenizer_dir, [{"name": "web", "paths": [str(corpus)]}])
+        raw["output_dir"] = str(tmp_path / name)
+        raw["data"].update(num_proc=num_proc, validation={"fraction": 0})
+        caplog.clear()
+        with caplog.at_level("INFO", logger="llmtrain.data"):
+            builds.append(build_data(validate_recipe(raw)))
+        assert f"tokens/s, {num_proc} processes)" in caplog.text
+    (one, _), (two, manifest) = (shard_digests(b) for b in builds)
+    assert len(manifest["shards"]) == 1 and one == two
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    assert decode_shards(builds[1], tokenizer) == {"web": docs}

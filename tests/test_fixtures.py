@@ -62,3 +62,31 @@ def test_fingerprint_tracks_ids_not_files(tiny_tokenizer_dir, tmp_path):
     tokenizer.add_tokens(["<extra>"])
     tokenizer.save_pretrained(tmp_path / "other")
     assert fingerprint_dir(tmp_path / "other") != fingerprint_dir(tiny_tokenizer_dir)
+
+
+def test_worked_solutions_compute_every_answer_and_slips_miss_it():
+    import random
+
+    import pytest
+
+    from llmtrain.data_pipeline.arithmetic import Problem, slip_for
+
+    problems = make_problems(10**6, seed=0, max_operand=99, non_negative=True)
+    assert len(problems) == 100 * 100 + 100 * 101 // 2  # every sum, differences >= 0
+    assert all(p.answer >= 0 for p in problems)
+    for problem in problems:
+        assert read_answer(problem.worked_solution()) == problem.answer, problem
+        assert read_answer(problem.worked_solution(slip=2)) == problem.answer + 2, problem
+    assert Problem(18, "+", 15).worked_solution() == "8 + 5 = 13, 1 + 1 + 1 = 3. The answer is 33."
+    assert Problem(41, "-", 17).worked_solution() == "11 - 7 = 4, 4 - 1 - 1 = 2. The answer is 24."
+    with pytest.raises(ValueError, match="no column arithmetic"):
+        Problem(3, "-", 5).worked_solution()
+    with pytest.raises(ValueError, match="makes the ones column of 'What is 1 \\+ 0\\?' negative"):
+        Problem(1, "+", 0).worked_solution(slip=-2)
+    rng = random.Random(0)
+    slips = [slip_for(p, rng) for p in problems[:2000]]
+    assert 0 not in slips and 0.4 < sum(s > 0 for s in slips) / len(slips) < 0.6
+    assert all(read_answer(p.worked_solution(s)) == p.answer + s for p, s in zip(problems, slips))
+    record = preference_record(Problem(7, "+", 8), random.Random(0), worked=True)
+    chosen, rejected = record["chosen"][0]["content"], record["rejected"][0]["content"]
+    assert read_answer(chosen) == 15 and read_answer(rejected) != 15

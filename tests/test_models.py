@@ -78,19 +78,40 @@ def test_vocabulary_is_padded_to_64_and_a_too_small_one_is_refused(tokenizer):
     )
 
 
-def test_init_std_and_residual_projections_scaled_by_depth(tokenizer):
-    section = ModelSection(
-        preset="llama-tiny", num_layers=8, hidden_size=256, intermediate_size=512
-    )
-    model = create_model(section, tokenizer, objective="clm", seed=0)
-    layer = model.model.layers[0]
-    assert layer.self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    residual_std = 0.02 / math.sqrt(2 * 8)
-    assert layer.self_attn.o_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
-    assert layer.mlp.down_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+@pytest.mark.parametrize(
+    ("preset", "weight", "residual"),
+    [
+        ("llama-tiny", "model.layers.0.self_attn.q_proj.weight",
+         ["model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"]),
+        ("gpt-tiny", "transformer.h.0.attn.c_attn.weight",
+         ["transformer.h.0.attn.c_proj.weight", "transformer.h.0.mlp.c_proj.weight"]),
+        ("moe-tiny", "model.layers.0.mlp.experts.gate_up_proj",  # experts: one 3-d tensor
+         ["model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.experts.down_proj"]),
+        ("qwen2-moe-tiny", "model.layers.0.mlp.shared_expert.up_proj.weight",
+         ["model.layers.0.mlp.experts.down_proj",
+          "model.layers.0.mlp.shared_expert.down_proj.weight"]),
+        ("bert-tiny", "bert.encoder.layer.0.attention.self.query.weight",
+         ["bert.encoder.layer.0.attention.output.dense.weight",
+          "bert.encoder.layer.0.output.dense.weight"]),
+    ],
+)  # fmt: skip
+def test_init_std_and_residual_projections_scaled_by_depth(preset, weight, residual, tokenizer):
+    """Weights and embeddings ~ N(0, 0.02); projections into the residual stream 0.02 /
+    sqrt(2 x layers); norms at 1, biases at 0."""
+    section = ModelSection(preset=preset, num_layers=8, hidden_size=256)
+    objective = FAMILY_OBJECTIVE[section.family]
+    model = create_model(section, tokenizer, objective=objective, seed=0)
+    params = dict(model.named_parameters())
+    assert params[weight].std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.get_input_embeddings().weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for name in residual:
+        assert params[name].std().item() == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.05), name
+    for name, param in params.items():
+        if param.ndim == 1:  # norm weights and biases
+            assert torch.all(param == (1.0 if name.endswith("weight") else 0.0)), name
     # the same seed gives the same model
-    again = create_model(section, tokenizer, objective="clm", seed=0)
-    assert torch.equal(model.model.embed_tokens.weight, again.model.embed_tokens.weight)
+    again = create_model(section, tokenizer, objective=objective, seed=0)
+    assert torch.equal(model.get_input_embeddings().weight, again.get_input_embeddings().weight)
 
 
 def test_model_section_errors_name_the_key():

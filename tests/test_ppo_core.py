@@ -13,6 +13,8 @@ from llmtrain.train.align.ppo_core import (
     explained_variance,
     gae,
     masked_whiten,
+    penalize_missing_eos,
+    response_mask,
     token_rewards,
 )
 
@@ -110,3 +112,25 @@ def test_running_moments_match_the_whole_sample():
     moments.update(data[2:])
     assert moments.mean == pytest.approx(float(data.mean()), rel=1e-3)
     assert moments.std == pytest.approx(math.sqrt(float(data.var(unbiased=False))), rel=1e-3)
+
+
+def test_response_mask_stops_at_the_first_end_token_and_the_missing_eos_penalty():
+    eos, turn_end, pad = 0, 3, 1
+    response = torch.tensor(
+        [
+            [5, 6, turn_end, pad, pad],  # ends with the end-of-turn token
+            [5, eos, 6, eos, pad],  # the first end token counts; later tokens are masked
+            [5, 6, 7, 8, 9],  # cut off at max_new_tokens: no end token
+        ]
+    )
+    mask, has_end = response_mask(response, [eos, turn_end])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert has_end.tolist() == [True, True, False]
+    scores = torch.tensor([1.0, 0.5, 1.0])
+    assert penalize_missing_eos(scores, has_end, 2.0).tolist() == [1.0, 0.5, -1.0]
+    assert penalize_missing_eos(scores, has_end, None).tolist() == [1.0, 0.5, 1.0]
+    # the penalised score lands on the last token kept, with the per-token KL elsewhere
+    rewards, _ = token_rewards(
+        penalize_missing_eos(scores, has_end, 2.0), torch.zeros(3, 5), torch.zeros(3, 5), mask, 0.1
+    )
+    assert rewards.tolist() == [[0, 0, 1.0, 0, 0], [0, 0.5, 0, 0, 0], [0, 0, 0, 0, -1.0]]

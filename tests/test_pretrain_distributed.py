@@ -2,6 +2,7 @@
 single-process run (and so does plain DDP), ZeRO-3 consolidates final/, a ZeRO-2 run resumes from
 a checkpoint, and the multi-node launcher in scripts/ trains as two nodes on localhost."""
 
+import json
 import os
 import shutil
 import socket
@@ -138,9 +139,13 @@ def test_zero2_follows_one_process_and_resumes(data, single_process, tmp_path):
 def test_zero3_with_cpu_offload_follows_one_process_and_consolidates_final(
     data, single_process, tmp_path
 ):
+    """Parameters offloaded by the recipe, optimizer states by a DeepSpeed JSON (which then
+    needs DeepSpeed's CPU Adam: a torch optimizer is refused by DeepSpeed under ZeRO-Offload)."""
     reference, reference_final = single_process
+    ds_json = tmp_path / "ds_offload.json"
+    ds_json.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
     recipe = make_recipe(
-        tmp_path, data, "{zero_stage: 3, offload_optimizer: true, offload_params: true}"
+        tmp_path, data, f"{{zero_stage: 3, offload_params: true, config: {ds_json}}}"
     )
     torchrun(recipe)
     records = read_records(tmp_path / "pretrain")

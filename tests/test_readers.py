@@ -86,6 +86,38 @@ def test_non_utf8_names_byte_offset_or_replaces(tmp_path):
         list(iter_texts(text))
 
 
+def test_damaged_compressed_and_parquet_files_name_the_file(tmp_path):
+    gz = tmp_path / "cut.jsonl.gz"
+    records = [{"text": f"line {i} of {i * 7919 % 10007}"} for i in range(2000)]
+    compressed = gzip.compress(jsonl_bytes(records))
+    gz.write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(InputDataError) as error:
+        list(iter_texts(gz))
+    assert str(error.value).startswith(f"{gz}: cannot read (EOFError: ")
+    assert str(error.value).endswith(
+        "it looks like a damaged or truncated gzip file: replace it, or leave it out of the paths"
+    )
+    table = pa.Table.from_pylist([{"text": f"row {i} " * 40} for i in range(3000)])
+    pq.write_table(table, tmp_path / "ok.parquet", row_group_size=1000)
+    data = (tmp_path / "ok.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        InputDataError, match=r"cut.parquet: cannot read as parquet \(.*\); replace"
+    ):
+        list(iter_texts(tmp_path / "cut.parquet"))
+    damaged = bytearray(data)
+    damaged[len(data) // 3 : len(data) // 3 + 2000] = b"U" * 2000  # inside a later row group
+    (tmp_path / "bad.parquet").write_bytes(bytes(damaged))
+    with pytest.raises(InputDataError) as error:
+        list(iter_texts(tmp_path / "bad.parquet"))
+    assert str(error.value).startswith(
+        f"{tmp_path / 'bad.parquet'}: cannot read the rows after row "
+    )
+    assert str(error.value).endswith(
+        "the parquet file looks damaged: replace it, or leave it out of the paths"
+    )
+
+
 def test_records_must_be_objects(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text("[1, 2]\n")

@@ -217,3 +217,38 @@ def test_resolved_recipe_round_trips(write_recipe, tmp_path):
     again = load_recipe(saved)
     assert again.model_dump() == recipe.model_dump()
     assert again.fingerprint() == recipe.fingerprint()
+
+
+def test_unknown_key_in_a_stage_section_suggests_the_closest(write_recipe):
+    path = write_recipe("name: t\noutput_dir: out\npretrain:\n  steps: 10\n  shedule: cosine\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}: pretrain.shedule: unknown key; did you mean schedule?"
+
+
+def test_set_indexes_lists_and_types_numbers(write_recipe, tmp_path):
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    path = write_recipe(
+        "name: t\noutput_dir: out\n"
+        "tokenizer:\n  sources: [{paths: [a.jsonl]}, {paths: [a.jsonl]}]\n"
+    )
+    recipe = load_recipe(
+        path,
+        [
+            "tokenizer.sources.1.max_chars=2.5e6",
+            "tokenizer.sources.0.text_field=content",
+            "tokenizer.vocab_size=1024",
+            "tokenizer.special_tokens.additional=[<a>, <b>]",
+        ],
+    )
+    first, second = recipe.tokenizer.sources
+    assert second.max_chars == 2.5e6 and first.max_chars is None
+    assert first.text_field == "content" and second.text_field == "text"
+    assert recipe.tokenizer.vocab_size == 1024
+    assert recipe.tokenizer.special_tokens.additional == ["<a>", "<b>"]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["tokenizer.sources.2.max_chars=1"])
+    assert str(err.value) == (
+        "--set tokenizer.sources.2.max_chars: tokenizer.sources.2: expected a list index "
+        "below 2, got '2'"
+    )

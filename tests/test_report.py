@@ -24,7 +24,7 @@ def test_report_shows_each_stage_that_ran(tmp_path):
     (tmp_path / "pretrain" / "final").mkdir()
     ppo = MetricsLog(tmp_path / "ppo" / "metrics.jsonl")
     for step in range(1, 4):
-        ppo.log(step, {"reward_mean": 0.1 * step, "kl": 0.01 * step})
+        ppo.log(step, {"approx_kl": 0.0, "reward/mean": 0.1 * step, "kl": 0.01 * step})
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "results.md").write_text("| model | acc |\n|---|---|\n| sft | 0.5 |\n")
 
@@ -35,7 +35,11 @@ def test_report_shows_each_stage_that_ran(tmp_path):
     assert "## sft" not in text  # never ran
     assert "| vocab_size | 8192 |" in text
     assert "| loss | 5 | 0.5 | 0.5 | 5 |" in text
-    assert "| reward_mean | 0.1 | 0.3 |" in text
+    assert "| reward/mean | 0.1 | 0.3 |" in text
+    # what PPO logs that matters most comes first, whatever the alphabet says
+    ppo_section = text.split("## ppo")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0] for line in ppo_section.splitlines() if line.startswith("| ")]
+    assert rows == ["| metric", "| reward/mean", "| kl", "| approx_kl"]
     assert "### Data" in text
     assert "no final model yet" in text  # ppo has no final/
     for stage in ("pretrain", "ppo"):

@@ -2,6 +2,7 @@
 
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,14 +10,21 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from llmtrain.errors import RecipeError, StageInputError
 from llmtrain.recipe import validate_section
-from llmtrain.train.align.grpo import CombinedReward, group_spread
+from llmtrain.train.align.grpo import CombinedReward
+from llmtrain.train.align.ppo import value_model_source
 from llmtrain.train.align.rewards import RewardModelScore, build_rewards, final_answer
 from llmtrain.train.align.rl_config import RewardSection
+from llmtrain.train.align.rm import sequence_scores
 
 
-def rewards_of(*specs, tmp_path=None):
+def rewards_of(*specs, tmp_path=None, search_path=()):
     sections = [validate_section(RewardSection, spec) for spec in specs]
-    return build_rewards(sections, default_reward_model=(tmp_path or "/nonexistent"), method="ppo")
+    return build_rewards(
+        sections,
+        default_reward_model=(tmp_path or "/nonexistent"),
+        method="ppo",
+        search_path=search_path,
+    )
 
 
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -71,34 +79,100 @@ def test_user_function_and_its_errors(tmp_path, monkeypatch):
 
             def not_finite(prompts, completions, **fields):
                 return [0.0, float("nan")]
+
+            def not_a_list(prompts, completions, **fields):
+                return 1.0
+
+            def fails(prompts, completions, **fields):
+                return [len(c) / 0 for c in completions]
+
+            def no_kwargs(prompts, completions):
+                return [0.0] * len(completions)
             """
         )
     )
+    (tmp_path / "broken_rewards.py").write_text("def f(prompts, completions:\n    pass\n")
+    (tmp_path / "needs_more.py").write_text("import not_installed_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_rewards", None)
     totals, _ = rewards_of({"type": "function", "function": "my_rewards:brevity"}).score(
         ["q", "q"], ["a", "abc"]
     )
     assert totals == [0.5, 0.25]
-    with pytest.raises(
-        StageInputError, match=r"reward 'function' returned 1 values for 2 completions"
-    ):
+    with pytest.raises(StageInputError) as err:
         rewards_of({"type": "function", "function": "my_rewards:too_few"}).score(
             ["q", "q"], ["a", "b"]
         )
+    assert str(err.value) == (
+        "reward function 'my_rewards:too_few' (function) returned 1 values for 2 completions; "
+        "it must return one number per completion"
+    )
+    with pytest.raises(StageInputError) as err:
+        rewards_of({"type": "function", "function": "my_rewards:not_finite", "name": "nf"}).score(
+            ["q1", [{"role": "user", "content": "q2"}]], ["a", "bad one"]
+        )
+    assert str(err.value) == (
+        "reward function 'my_rewards:not_finite' (nf) returned nan for sample 1 (prompt "
+        "'user: q2', completion 'bad one'); rewards must be finite numbers"
+    )
     with pytest.raises(
         StageInputError,
-        match=r"reward 'function' returned nan for sample 1 \(prompt 'q2', completion 'bad one'\)",
+        match=r"reward function 'my_rewards:not_a_list' \(function\) returned float, not a list",
     ):
-        rewards_of({"type": "function", "function": "my_rewards:not_finite"}).score(
-            ["q1", "q2"], ["a", "bad one"]
-        )
+        rewards_of({"type": "function", "function": "my_rewards:not_a_list"}).score(["q"], ["a"])
     with pytest.raises(
-        RecipeError, match=r"reward function 'no_such_module:f': cannot import module"
+        StageInputError,
+        match=r"reward function 'my_rewards:fails' \(function\) raised ZeroDivisionError: "
+        r"division by zero \(on 2 completions, the first: prompt 'q1', completion 'a'\)",
     ):
+        rewards_of({"type": "function", "function": "my_rewards:fails"}).score(
+            ["q1", "q2"], ["a", "b"]
+        )
+    with pytest.raises(StageInputError, match=r"unexpected keyword argument 'answer'.*\*\*kwargs"):
+        rewards_of({"type": "function", "function": "my_rewards:no_kwargs"}).score(
+            ["q"], ["a"], answer=["1"]
+        )
+    with pytest.raises(RecipeError) as err:
         rewards_of({"type": "function", "function": "no_such_module:f"})
-    with pytest.raises(RecipeError, match=r"module 'my_rewards' has no function 'missing'"):
+    assert str(err.value).startswith(
+        "reward function 'no_such_module:f': cannot import module 'no_such_module' "
+        "(No module named 'no_such_module'); it is looked up on PYTHONPATH"
+    )
+    with pytest.raises(RecipeError, match=r"module 'my_rewards' \(.*my_rewards.py\) has no funct"):
         rewards_of({"type": "function", "function": "my_rewards:missing"})
+    with pytest.raises(
+        RecipeError,
+        match=r"reward function 'broken_rewards:f': importing module 'broken_rewards' failed "
+        r"with SyntaxError",
+    ):
+        rewards_of({"type": "function", "function": "broken_rewards:f"})
+    with pytest.raises(
+        RecipeError,
+        match=r"importing module 'needs_more' failed with ModuleNotFoundError: No module named "
+        r"'not_installed_dependency'",
+    ):
+        rewards_of({"type": "function", "function": "needs_more:f"})
+
+
+def test_user_function_beside_the_recipe_is_found(tmp_path):
+    """A module next to the recipe (or in the current directory) imports without PYTHONPATH."""
+    folder = tmp_path / "recipe_folder"
+    folder.mkdir()
+    (folder / "beside_recipe_rewards.py").write_text(
+        "def exact(prompts, completions, answer, **fields):\n"
+        "    return [float(c.strip() == a) for c, a in zip(completions, answer)]\n"
+    )
+    sys.modules.pop("beside_recipe_rewards", None)
+    spec = {"type": "function", "function": "beside_recipe_rewards:exact"}
+    with pytest.raises(RecipeError, match=r"cannot import module 'beside_recipe_rewards'"):
+        rewards_of(spec)
+    rewards = rewards_of(
+        spec, {"type": "format", "pattern": "7", "weight": 2.0}, search_path=[folder]
+    )
+    totals, parts = rewards.score(["q", "q"], ["7", " 8"], answer=["7", "7"])
+    assert parts["function"] == [1.0, 0.0]
+    assert totals == [3.0, 0.0]
+    sys.path.remove(str(folder))
 
 
 def test_reward_section_errors():
@@ -148,13 +222,75 @@ def reward_model_dir(tiny_tokenizer_dir, tmp_path_factory):
 
 def test_reward_model_scores_do_not_depend_on_batch_or_padding(reward_model_dir):
     scorer = RewardModelScore(reward_model_dir, batch_size=4)
-    prompts = [CHAT, CHAT, [{"role": "user", "content": "hi"}]]
-    completions = ["The answer is 5.", "5<|endoftext|> and more text after an eos", "hello"]
+    prompts = [CHAT, CHAT, [{"role": "user", "content": "hi"}], "What is 2 + 3?"]
+    completions = ["The answer is 5.", "5<|endoftext|> and more text after an eos", "hello", " 5"]
     together = scorer(prompts, completions)
     alone = [scorer([p], [c])[0] for p, c in zip(prompts, completions)]
     assert together == pytest.approx(alone, abs=1e-5)
-    scorer.tokenizer.padding_side = "left"
-    assert scorer(prompts, completions) == pytest.approx(alone, abs=1e-5)
+    # each is the score of the unpadded sequence the rm stage would have built
+    for prompt, completion, score in zip(prompts, completions, together):
+        ids = torch.tensor([scorer.token_ids(prompt, completion)])
+        assert float(sequence_scores(scorer.model, ids, torch.ones_like(ids))[0]) == pytest.approx(
+            score, abs=1e-5
+        )
+    # a text prompt: its tokens, the completion's, then eos (as rm tokenizes text pairs)
+    tokenizer = scorer.tokenizer
+    assert scorer.token_ids("What is 2 + 3?", " 5") == (
+        tokenizer("What is 2 + 3?")["input_ids"]
+        + tokenizer(" 5", add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+    )
+
+
+def test_a_reward_model_with_another_tokenizer_reads_its_own_tokens(
+    reward_model_dir, tiny_causal_lm_dir, tmp_path
+):
+    """The text is re-tokenized with the reward model's tokenizer; the value model then cannot
+    start from the reward model (it must read the policy's tokens)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from tests.conftest import build_tiny_tokenizer
+
+    other = build_tiny_tokenizer(tmp_path / "other-tokenizer", vocab_size=320)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    policy_tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm_dir)
+    assert policy_tokenizer.get_vocab() != tokenizer.get_vocab()
+
+    rewards = rewards_of({"type": "reward_model", "path": str(tmp_path / "rm")})
+    scorer = rewards.reward_models[0]
+    reply = [{"role": "assistant", "content": "2 + 3 = 5. The answer is 5."}]
+    ids = tokenizer.apply_chat_template(CHAT + reply, tokenize=True, return_dict=True)["input_ids"]
+    assert scorer.token_ids(CHAT, reply) == list(ids)
+    assert (
+        ids
+        != policy_tokenizer.apply_chat_template(CHAT + reply, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )
+    expected = sequence_scores(scorer.model, torch.tensor([ids]), torch.ones(1, len(ids)))
+    totals, _ = rewards.score([CHAT], [reply])
+    assert totals[0] == pytest.approx(float(expected[0]), abs=1e-5)
+
+    auto, from_rm = SimpleNamespace(value_model="auto"), SimpleNamespace(value_model="reward_model")
+    assert value_model_source(auto, rewards, policy_tokenizer) is None  # the policy + a new head
+    with pytest.raises(StageInputError, match=r"has another tokenizer than the policy"):
+        value_model_source(from_rm, rewards, policy_tokenizer)
+    same = rewards_of({"type": "reward_model", "path": str(reward_model_dir)})
+    shared = AutoTokenizer.from_pretrained(reward_model_dir)
+    assert value_model_source(auto, same, shared) == reward_model_dir
 
 
 def test_reward_model_without_a_scalar_head_is_refused(reward_model_dir, tmp_path):
@@ -166,10 +302,20 @@ def test_reward_model_without_a_scalar_head_is_refused(reward_model_dir, tmp_pat
         RewardModelScore(tmp_path)
 
 
+def test_a_language_model_is_not_a_reward_model(tiny_causal_lm_dir):
+    with pytest.raises(StageInputError) as err:
+        RewardModelScore(tiny_causal_lm_dir)
+    assert str(err.value) == (
+        f"reward model: {tiny_causal_lm_dir} has no trained scalar head (its checkpoint holds no "
+        "score weights: a language model, not a reward model); train one with `llmtrain align "
+        "--method rm` or give the rm stage's final/"
+    )
+
+
 def test_combined_reward_for_grpo_logs_sources_and_group_spread():
     logged = {}
     combined = CombinedReward(
-        rewards_of({"type": "answer_match"}, {"type": "format", "pattern": "answer"})
+        rewards_of({"type": "answer_match"}, {"type": "format", "pattern": "answer"}), 2
     )
     prompts = ["a", "a", "b", "b"]
     totals = combined(
@@ -181,5 +327,6 @@ def test_combined_reward_for_grpo_logs_sources_and_group_spread():
     )
     assert totals == [2.0, 0.0, 2.0, 2.0]
     assert logged["reward/answer_match"] == 0.75
-    assert logged["reward_group_std"] == pytest.approx((1.0 + 0.0) / 2)
-    assert group_spread(["x", "y"], [1.0, 2.0]) == 0.0
+    # groups [2, 0] and [2, 2]: sample std sqrt(2) and 0; one group of two without spread
+    assert logged["reward_group_std"] == pytest.approx(2**0.5 / 2)
+    assert logged["reward_group_zero_std_share"] == 0.5

@@ -112,3 +112,18 @@ def test_tensorboard_and_wandb_offline(tmp_path, monkeypatch):
     assert list((run.path / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run.path / "wandb").glob("offline-run-*"))
     assert read_metrics(run.metrics_path)[0]["note"].startswith("text")
+
+
+def test_wandb_mode_follows_recipe_then_environment_then_key(tmp_path, monkeypatch):
+    from llmtrain.tracking import WandbSection, wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc key
+    section = WandbSection(project="p")
+    assert wandb_mode(section) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(section) == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # e.g. set by a CI job: honoured
+    assert wandb_mode(section) == "disabled"
+    assert wandb_mode(WandbSection(project="p", mode="offline")) == "offline"  # recipe wins

@@ -34,3 +34,24 @@ def test_seed_everything_reproduces_python_numpy_and_torch():
 
 def test_pick_device_on_this_machine():
     assert pick_device() == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def test_setup_logging_rank_0_informs_other_ranks_only_warn(monkeypatch):
+    import logging
+
+    from llmtrain.runtime import setup_logging
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        setup_logging(rank=0)
+        assert root.level == logging.INFO
+        assert "[rank 0] " in root.handlers[0].formatter._fmt
+        setup_logging(rank=1)
+        assert root.level == logging.WARNING
+        setup_logging(rank=0, debug=True)
+        assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]

@@ -325,3 +325,71 @@ def test_output_dir_defaults_to_the_stage_dir(tokenizer_corpus, tmp_path):
     assert recipe.tokenizer.output_path(recipe) == recipe.stage_dir("tokenizer")
     out, _ = train(tmp_path, tokenizer_corpus)
     assert out == tmp_path / "run" / "tokenizer"
+
+
+def test_reads_every_input_format_through_globs(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    from tests.tokenizer_support import write_corpus
+
+    texts = [json.loads(line)["text"] for line in write_corpus(tmp_path / "base.jsonl").open()]
+    parts = [texts[i::4] for i in range(4)]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+
+    def jsonl(records):
+        return "".join(json.dumps({"content": t}) + "\n" for t in records).encode()
+
+    (corpus / "a.jsonl.gz").write_bytes(gzip.compress(jsonl(parts[0])))
+    (corpus / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl(parts[1])))
+    pq.write_table(
+        pa.table({"content": parts[2], "n": list(range(len(parts[2])))}), corpus / "c.parquet"
+    )
+    (tmp_path / "notes").mkdir()
+    paragraphs = [f"Paragraph {i}: some notes,\nover two lines." for i in range(30)]
+    (tmp_path / "notes" / "d.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    sources = [
+        {"paths": [str(corpus / "*.jsonl.*"), str(corpus / "*.parquet")], "text_field": "content"},
+        {"paths": str(tmp_path / "notes"), "text_mode": "paragraph"},  # one path, no list
+    ]
+    out, report = train(tmp_path, sources, heldout_fraction=0)
+    records, text = report["corpus"]
+    assert records["files"] == 3 and text["files"] == 1
+    assert records["documents"] == len(parts[0]) + len(parts[1]) + len(parts[2])
+    assert records["chars"] == sum(len(t) for t in parts[0] + parts[1] + parts[2])
+    assert text["documents"] == len(paragraphs)
+    assert load(out)("def f(x):\n    return x")["input_ids"]
+
+
+@pytest.mark.parametrize("backend", ["tokenizers", "sentencepiece"])
+def test_max_token_length_caps_learned_tokens(tokenizer_corpus, tmp_path, backend):
+    corpus = [{"paths": [str(tokenizer_corpus)], "max_chars": 100_000}]
+    out, report = train(tmp_path, corpus, vocab_size=1024, max_token_length=3, backend=backend)
+    tokenizer = load(out)
+    specials = set(report["special_token_ids"])
+    learned = [t for t in tokenizer.get_vocab() if t not in specials and not t.startswith("<0x")]
+    # byte-level BPE counts bytes: one character of its printable byte alphabet each
+    assert max(len(t) for t in learned) == 3
+
+
+def test_sentencepiece_gives_the_same_model_whatever_the_core_count(
+    tokenizer_corpus, tmp_path, monkeypatch
+):
+    # SentencePiece's Unigram splits its work by thread: the stage fixes the thread count
+    corpus = [{"paths": [str(tokenizer_corpus)], "max_chars": 100_000}]
+    models = []
+    for cores in (1, 8):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        out, _ = train(
+            tmp_path / str(cores),
+            corpus,
+            vocab_size=640,
+            algorithm="unigram",
+            backend="sentencepiece",
+        )
+        models.append((out / "tokenizer.model").read_bytes())
+    assert models[0] == models[1]

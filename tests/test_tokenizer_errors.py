@@ -184,6 +184,15 @@ def test_missing_input_file_is_named_before_any_work(tmp_path):
             "tokenizer.special_tokens.reserved: expected greater than or equal to 0, got -1",
         ),
         (
+            {"algorithm": "wordpiece", "vocab_size": 2000, "max_token_length": 8},
+            "tokenizer: max_token_length applies to bpe and unigram; the wordpiece trainer has "
+            "no such limit: remove it",
+        ),
+        (
+            {"max_token_length": 1},
+            "tokenizer.max_token_length: expected greater than or equal to 2, got 1",
+        ),
+        (
             {"vocab_sise": 1000},
             "tokenizer.vocab_sise: unknown key; did you mean vocab_size?",
         ),

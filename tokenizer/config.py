@@ -99,6 +99,11 @@ class SourceSection(Section):
     max_documents: int | None = Field(default=None, gt=0)
     """Train on a seeded random sample of at most this many documents of this source."""
 
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value  # `paths: corpus/*.jsonl`
+
 
 class SpecialTokensSection(Section):
     """Special tokens: never split, never produced from ordinary text, ids listed in
@@ -160,8 +165,9 @@ class TokenizerSection(Section):
     makes decoding lossy for them."""
     lowercase: bool = False
     """Lowercase before tokenizing (wordpiece only, as uncased BERT)."""
-    max_token_length: int | None = Field(default=None, gt=0)
-    """Longest learned token in characters; default: no limit for BPE, 16 for unigram."""
+    max_token_length: int | None = Field(default=None, ge=2)
+    """Longest learned token in characters (byte-level BPE: in bytes); default: no limit for
+    BPE, 16 for unigram and sentencepiece. Not for wordpiece."""
     min_frequency: int = Field(default=2, ge=0)
     """A pair must occur this often to be merged (bpe and wordpiece with `tokenizers`)."""
     limit_alphabet: int = Field(default=1000, gt=0)
@@ -216,6 +222,11 @@ class TokenizerSection(Section):
             raise ValueError(
                 "sentencepiece splits numbers into single digits or not at all; set digits to "
                 "single or runs"
+            )
+        if self.max_token_length is not None and self.algorithm == "wordpiece":
+            raise ValueError(
+                "max_token_length applies to bpe and unigram; the wordpiece trainer has no such "
+                "limit: remove it"
             )
         if self.lowercase and self.algorithm != "wordpiece":
             raise ValueError("lowercase applies to wordpiece only; remove it")

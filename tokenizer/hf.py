@@ -134,7 +134,7 @@ def trainer(
             min_frequency=section.min_frequency,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            max_token_length=section.max_token_length,
+            max_token_length=bpe_max_token_length(section.max_token_length),
             show_progress=show,
         )
     if section.algorithm == "unigram":
@@ -154,6 +154,17 @@ def trainer(
         continuing_subword_prefix="##",
         show_progress=show,
     )
+
+
+def bpe_max_token_length(longest: int | None) -> int | None:
+    """The BpeTrainer value that caps learned tokens at `longest` characters.
+
+    The trainer (tokenizers 0.23, `Word::merge`) only forms a pair whose length is strictly
+    below its `max_token_length`, so it learns tokens one character shorter than asked;
+    tests/test_tokenizer.py::test_max_token_length_caps_learned_tokens notices if that changes.
+    Lengths are counted on the byte-level string, so for byte-level BPE they are bytes.
+    """
+    return None if longest is None else longest + 1
 
 
 def train(

@@ -17,7 +17,6 @@ documents the two encode identically.
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Iterable
 
@@ -32,6 +31,10 @@ from .hf import SPACE, spm_decoder, spm_pre_tokenizer
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 MAX_SENTENCE_BYTES = 1 << 30  # SentencePiece's upper limit; it skips longer documents
+THREADS = 16
+"""SentencePiece's threads, fixed: its Unigram trainer splits the work (and sums floats) by
+thread, so the pieces and scores depend on the thread count (and tokenizer.model records it).
+A fixed count gives the same tokenizer on every machine; more threads than cores costs little."""
 
 
 def train(
@@ -70,7 +73,7 @@ def train(
         "shuffle_input_sentence": False,
         "control_symbols": control,
         "user_defined_symbols": list(user_defined),
-        "num_threads": os.cpu_count() or 1,
+        "num_threads": THREADS,
         "minloglevel": 2,
     }
     for role, (index, token) in meta.items():
@@ -142,19 +145,20 @@ def _check_ids(proto, specials: list[str]) -> None:
 
 def convert(proto, specials: list[str], user_defined: list[str]) -> Tokenizer:
     """A `tokenizers` pipeline encoding like the SentencePiece model in `proto`."""
-    pieces = list(proto.pieces)
-    scored = [p.score for p in pieces if p.type == NORMAL]
+    # plain tuples: protobuf attribute access is slow in the loops below
+    pieces = [(p.piece, p.type, p.score) for p in proto.pieces]
+    scored = [score for _, kind, score in pieces if kind == NORMAL]
     floor = min(scored, default=0.0) - 10.0
     if proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE:
-        vocab = {p.piece: i for i, p in enumerate(pieces)}
+        vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
         merges = []
-        for i, p in enumerate(pieces):
-            if p.type != NORMAL:
+        for i, (piece, kind, score) in enumerate(pieces):
+            if kind != NORMAL:
                 continue
-            for cut in range(1, len(p.piece)):
-                left, right = p.piece[:cut], p.piece[cut:]
+            for cut in range(1, len(piece)):
+                left, right = piece[:cut], piece[cut:]
                 if left in vocab and right in vocab:
-                    merges.append((-p.score, i, left, right))
+                    merges.append((-score, i, left, right))
         merges.sort()  # SentencePiece merges the pair whose result scores highest first
         model = models.BPE(
             vocab=vocab,
@@ -164,7 +168,9 @@ def convert(proto, specials: list[str], user_defined: list[str]) -> Tokenizer:
             byte_fallback=True,
         )
     else:
-        vocab_scores = [(p.piece, p.score if p.type == NORMAL else floor) for p in pieces]
+        vocab_scores = [
+            (piece, score if kind == NORMAL else floor) for piece, kind, score in pieces
+        ]
         model = models.Unigram(vocab_scores, unk_id=proto.trainer_spec.unk_id, byte_fallback=True)
     tokenizer = Tokenizer(model)
     steps = []

@@ -248,7 +248,8 @@ class PretrainSection(Section):
     keep_last: int = Field(default=3, ge=0)
     """Checkpoints kept (older ones are deleted; 0 keeps all)."""
     max_nonfinite_steps: int = Field(default=5, gt=0)
-    """A step with a non-finite loss is skipped; this many in a row stop the run."""
+    """A step with a non-finite loss or gradient norm is skipped; this many in a row stop the
+    run (the last checkpoint stays intact)."""
     deepspeed: DeepSpeedSection | None = None
     """DeepSpeed ZeRO (see docs/recipes.md#deepspeed); without it several processes use DDP."""
     compile: bool = False
@@ -274,6 +275,13 @@ class PretrainSection(Section):
             raise ValueError(f"warmup_steps {self.warmup_steps} must be below steps {self.steps}")
         if self.decay_steps is not None and self.decay_steps > self.steps:
             raise ValueError(f"decay_steps {self.decay_steps} exceeds steps {self.steps}")
+        if self.schedule == "wsd":
+            warmup, decay = self.resolved_warmup_steps, self.resolved_decay_steps
+            if warmup + decay > self.steps:
+                raise ValueError(
+                    f"schedule wsd: warmup_steps {warmup} + decay_steps {decay} exceed steps "
+                    f"{self.steps} (the decay would start during warmup); lower one of them"
+                )
         return self
 
     @property

@@ -68,7 +68,7 @@ class ParamCounts:
         return self.total - self.embedding
 
 
-def _expert_share(config: Any) -> float:
+def expert_share(config: Any) -> float:
     experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
     top_k = getattr(config, "num_experts_per_tok", None)
     return top_k / experts if experts and top_k else 1.0
@@ -84,7 +84,7 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
     }
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_weight = getattr(head, "weight", None)
-    share = _expert_share(model.config)
+    share = expert_share(model.config)
     total = embedding = 0
     active = 0.0
     seen = set()

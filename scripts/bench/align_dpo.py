@@ -9,6 +9,11 @@ batch of --micro pairs; the reference model is a frozen copy of the policy in bo
 - padded: TRL pads the 2 x micro chosen/rejected sequences to the longest one;
 - padding_free: ours (dpo.PaddingFreeForward), the real tokens end to end in one row for the
   policy and the reference forward, position_ids restarting per sequence.
+
+Without flash-attention (CPU, or SDPA on a GPU) that row is attended through a block-diagonal
+mask over the whole row, so attention grows with the square of the 2 x micro sequences' total
+tokens; padding-free then saves the padded tokens' MLP and LM-head work but pays more
+attention. Flash-attention's varlen kernels skip the masked blocks.
 """
 
 from __future__ import annotations

@@ -8,8 +8,15 @@ and batch of --micro examples:
 
 - padded: each micro-batch padded to its longest example (TRL's default collator);
 - padding_free: the micro-batch's examples end to end in one row, position_ids restarting;
-- packing: rows of --max-length tokens filled best-fit-decreasing with whole examples, fed
-  padding-free; a step then holds more examples, so compare tokens/s (real tokens, no padding).
+- packing xN: N rows of --max-length tokens filled best-fit-decreasing with whole examples,
+  fed padding-free (TRL puts the N rows end to end in one row, position_ids restarting). A step
+  then holds another number of examples, so compare tokens/s (real tokens, no padding). N is
+  each of --packing-rows (default: --micro, the same batch setting as the other modes, and
+  --micro / 4, about the tokens of a padded step on this data).
+
+Without flash-attention (CPU, or SDPA on a GPU) the one padding-free row is attended through a
+block-diagonal mask over the whole row, so attention costs grow with the square of the row's
+tokens rather than of each example's; flash-attention's varlen kernels skip the masked blocks.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--packing-rows", type=int, nargs="+", help="packed rows per step (default: micro, micro/4)"
+    )
     args = parser.parse_args()
+    packing_rows = args.packing_rows or sorted({args.micro, max(1, args.micro // 4)}, reverse=True)
     set_threads(args.threads)
 
     from llmtrain.recipe import validate_recipe
@@ -54,19 +65,21 @@ def main() -> None:
         modes = {
             "padded": {},
             "padding_free": {"padding_free": True},
-            "packing": {"packing": True},
+            **{f"packing x{rows}": {"packing": True, "micro": rows} for rows in packing_rows},
         }
         results: dict[str, list] = {mode: [] for mode in modes}
         for _ in range(args.repeats):
             for mode, extra in modes.items():
+                extra = dict(extra)
+                micro = extra.pop("micro", args.micro)
                 section = {
                     "model": str(model),
                     "data": [{"path": str(data)}],
                     "validation_split": 0,
                     "max_length": args.max_length,
                     "max_steps": args.steps,
-                    "global_batch_size": args.micro,
-                    "micro_batch_size": args.micro,
+                    "global_batch_size": micro,
+                    "micro_batch_size": micro,
                     "lr": 1e-4,
                     "precision": args.precision,
                     "log_every": 1,
@@ -74,13 +87,14 @@ def main() -> None:
                     "save_every": 0,
                     **extra,
                 }
+                out = work / mode.replace(" ", "-")
                 recipe = validate_recipe(
-                    {"name": "bench", "output_dir": str(work / mode), "seed": 0, "sft": section}
+                    {"name": "bench", "output_dir": str(out), "seed": 0, "sft": section}
                 )
                 results[mode].append(timed_run(run_sft, recipe, args.warmup))
         print(
-            f"SFT, {args.steps} steps of {args.micro} examples (packing: {args.micro} rows of "
-            f"{args.max_length}), Llama hidden {args.hidden} x {args.layers} layers, "
+            f"SFT, {args.steps} steps of {args.micro} examples (packing xN: N rows of "
+            f"{args.max_length} tokens), Llama hidden {args.hidden} x {args.layers} layers, "
             f"{args.precision}"
         )
         report(results, baseline="padded")

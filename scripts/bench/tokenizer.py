@@ -5,7 +5,7 @@ source, and peak memory with and without the sample cap.
     python scripts/bench/tokenizer.py compression   # bytes/token table, round trip checked
     python scripts/bench/tokenizer.py memory        # peak RSS, two corpus sizes, cap or not
 
-The corpus is Python source: the standard library, then `.venv/lib/python3.11/site-packages`,
+The corpus is Python source: the standard library, then this interpreter's site-packages,
 file by file, until --train-mb + --heldout-mb MB; each file goes to the held-out split with
 probability heldout/(train+heldout) (a hash of its index), so both splits mix every package.
 It is written once under --workdir and reused.
@@ -16,13 +16,17 @@ trainer configured by hand on the same documents (json.loads per line, train_fro
 SentencePieceTrainer.train, save). Same settings: the default byte-level BPE (our split regex,
 single digits, the same special tokens) or SentencePiece with our lossless options. Ours runs
 with heldout_fraction 0 so both train on exactly the same documents; each side runs
---repeats times, alternating, best time reported.
+--repeats times, alternating which goes first; the best times and the overhead within each
+back-to-back pair (and its median) are printed.
 
 `compression`: each tokenizer trained on the train split at --vocab, then bytes per token and
-exact round trip (decode(encode(x)) == x) on the held-out split.
+exact round trip (decode(encode(x)) == x) on the held-out split. --only picks rows (by their
+number in the list, from 0); --subsample-mb trains on a seeded sample of the train split (for
+trainers too slow for all of it), measured on the same held-out split.
 
-`memory`: each run in its own subprocess (so ru_maxrss is its own peak): our stage on the
-first A and B MB of the train split, without and with `max_chars` (--cap-mb).
+`memory`: each run in its own subprocess (so ru_maxrss is its own peak): our stage on a
+seeded sample of about A MB of the train split and on the B MB of it (the same mix of
+packages), without and with `max_chars` (--cap-mb).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import io
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +64,7 @@ def python_corpus(workdir: Path, train_mb: float, heldout_mb: float) -> tuple[Pa
     if train.is_file() and heldout.is_file():
         return train, heldout
     workdir.mkdir(parents=True, exist_ok=True)
-    roots = [stdlib_root(), REPO / ".venv" / "lib" / "python3.11" / "site-packages"]
+    roots = [stdlib_root(), Path(sysconfig.get_paths()["purelib"])]
     share = heldout_mb / (train_mb + heldout_mb)
     sizes = {"train": 0, "heldout": 0}
     limits = {"train": train_mb * 1e6, "heldout": heldout_mb * 1e6}
@@ -141,7 +147,6 @@ def train_tokenizers_direct(out: Path, corpus: Path, vocab: int, pattern: str | 
 
 
 def spm_options(model_type: str, vocab: int, lossless: bool) -> dict:
-    import os
 
     if not lossless:  # SentencePiece's own defaults (nmt_nfkc, whitespace collapsed)
         return {"model_type": model_type, "vocab_size": vocab, "byte_fallback": True}
@@ -167,7 +172,7 @@ def spm_options(model_type: str, vocab: int, lossless: bool) -> dict:
         "bos_id": -1,
         "unk_id": 2,
         "control_symbols": SPECIALS[2:],
-        "num_threads": os.cpu_count(),
+        "num_threads": 16,  # as the stage (llmtrain.tokenizer.spm.THREADS)
         "minloglevel": 2,
     }
 
@@ -281,6 +286,14 @@ def overhead(args) -> None:
                 f"{machine()})",
                 flush=True,
             )
+            # each repeat runs both back to back: the ratio within a pair sees the same load
+            pairs = sorted(o / d for o, d in zip(times["ours"], times["direct"], strict=True))
+            print(
+                f"  {kind}: overhead per pair "
+                + ", ".join(f"{100 * (r - 1):+.1f}%" for r in pairs)
+                + f"; median {100 * (statistics.median(pairs) - 1):+.1f}%",
+                flush=True,
+            )
 
 
 def same_vocabulary(ours: Path, direct: Path) -> bool:
@@ -303,6 +316,14 @@ def compression(args) -> None:
     from llmtrain.tokenizer.config import split_pattern
 
     train, heldout = python_corpus(args.workdir, args.train_mb, args.heldout_mb)
+    if args.subsample_mb:
+        # a smaller training set, for trainers too slow for the full one; the same held-out
+        part = args.workdir / f"python-sample-{args.subsample_mb:g}mb-of-{args.train_mb:g}mb.jsonl"
+        if not part.is_file():
+            _subsample(train, part, args.subsample_mb / args.train_mb)
+        train = part
+    train_mb = sum(len(t.encode("utf-8")) for t in read_texts(train)) / 1e6
+    print(f"train: {train} ({train_mb:.1f} MB), held out: {heldout}")
     v = args.vocab
     rows = [
         ("llmtrain tokenizer: bpe (default)", lambda o: train_ours(o, train, v)),
@@ -334,6 +355,10 @@ def compression(args) -> None:
             "SentencePiece defaults, Unigram (nmt_nfkc, whitespace collapsed)",
             lambda o: train_spm_direct(o, train, v, "unigram", lossless=False),
         ),
+        (
+            "llmtrain tokenizer: unigram (tokenizers, byte fallback)",
+            lambda o: train_ours(o, train, v, algorithm="unigram"),
+        ),
     ]
     if args.only:
         rows = [row for i, row in enumerate(rows) if i in args.only]
@@ -355,12 +380,17 @@ def compression(args) -> None:
 
 
 def memory(args) -> None:
-    train, _ = python_corpus(args.workdir, max(args.sizes), args.heldout_mb)
+    largest = max(args.sizes)
+    train, _ = python_corpus(args.workdir, largest, args.heldout_mb)
     print("| corpus MB | backend | cap | train s | peak RSS MB |\n|---|---|---|---|---|")
     for size in args.sizes:
-        part = args.workdir / f"python-first-{size:g}mb.jsonl"
-        if not part.is_file():
-            _head(train, part, size * 1e6)
+        # a seeded sample of the largest corpus, so both sizes hold the same mix of packages
+        part = train
+        if size < largest:
+            part = args.workdir / f"python-sample-{size:g}mb-of-{largest:g}mb.jsonl"
+            if not part.is_file():
+                _subsample(train, part, size / largest)
+        size = sum(len(t.encode("utf-8")) for t in read_texts(part)) / 1e6
         for backend in args.backends:
             for cap in (None, args.cap_mb):
                 command = [
@@ -380,19 +410,19 @@ def memory(args) -> None:
                 )
                 cap_text = f"{cap:g} M chars" if cap else "none"
                 print(
-                    f"| {size:g} | {backend} | {cap_text} | {result['seconds']:.0f} | {result['peak_rss_mb']:.0f} |",
+                    f"| {size:.1f} | {backend} | {cap_text} | {result['seconds']:.0f} | "
+                    f"{result['peak_rss_mb']:.0f} |",
                     flush=True,
                 )
 
 
-def _head(source: Path, target: Path, max_bytes: float) -> None:
-    total = 0
+def _subsample(source: Path, target: Path, fraction: float) -> None:
+    """The documents whose line number hashes below `fraction` (every package represented)."""
     with open(source) as f, open(target, "w") as out:
-        for line in f:
-            if total >= max_bytes:
-                break
-            out.write(line)
-            total += len(json.loads(line)["text"].encode("utf-8"))
+        for index, line in enumerate(f):
+            digest = hashlib.blake2b(f"sample-{index}".encode(), digest_size=8).digest()
+            if int.from_bytes(digest, "little") / 2**64 < fraction:
+                out.write(line)
 
 
 def _memory_child(argv: list[str]) -> None:
@@ -426,6 +456,11 @@ def main() -> None:
         "--backend", choices=["tokenizers", "sentencepiece", "both"], default="both"
     )
     parser.add_argument("--only", type=int, nargs="*", help="compression: row numbers to run")
+    parser.add_argument(
+        "--subsample-mb",
+        type=float,
+        help="compression: train on a seeded sample of about this many MB of the train split",
+    )
     parser.add_argument("--sizes", type=float, nargs=2, default=[25, 100], metavar=("A", "B"))
     parser.add_argument("--cap-mb", type=float, default=10, help="memory: max_chars, in millions")
     parser.add_argument("--backends", nargs="+", default=["tokenizers", "sentencepiece"])

@@ -327,6 +327,11 @@ def load_examples(
 # Chat template
 
 
+def uses_chat_template(examples: Iterable[dict]) -> bool:
+    """Whether any example is a message list (rendered with the chat template), not text."""
+    return any("messages" in e or isinstance(e.get("chosen"), list) for e in examples)
+
+
 def resolve_chat_template(tokenizer: Any, choice: str, *, method: str, tokenizer_dir: Any) -> str:
     """The template text for `choice` (tokenizer | chatml | Jinja); set on the tokenizer."""
     if choice == "tokenizer":
@@ -390,6 +395,14 @@ def training_template(tokenizer: Any, template: str, *, method: str) -> str:
         f"{method}.chat_template: chatml, give a template with {{% generation %}}...{{% "
         f"endgeneration %}} around assistant turns, or set {method}.assistant_only_loss: false"
     )
+
+
+def stop_token_trained(tokenizer: Any, template: str) -> bool:
+    """Whether the assistant mask of `template` ends on the end-of-turn token (a template
+    that gives that token to the next message never trains the model to stop)."""
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    return is_chat_template_stop_token_trained(tokenizer, chat_template=template)
 
 
 def end_of_turn_token_id(tokenizer: Any, template: str) -> int | None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from llmtrain.chat import BUILTIN_TEMPLATES
 from llmtrain.distributed import DeepSpeedSection, Precision
 from llmtrain.schema import InputGlob, InputPath, Section
 
@@ -154,6 +155,16 @@ class AlignSection(Section):
     """Checkpoints kept (older ones are deleted; 0 keeps all)."""
     seed: int | None = None
     """Seed of data order, held-out split, dropout and new heads; default the recipe's seed."""
+
+    @field_validator("chat_template")
+    @classmethod
+    def _check_chat_template(cls, value: str) -> str:
+        if value == "tokenizer" or value in BUILTIN_TEMPLATES or "{{" in value or "{%" in value:
+            return value
+        raise ValueError(
+            f"{value!r} is neither `tokenizer`, a built-in template "
+            f"({', '.join(BUILTIN_TEMPLATES)}) nor a Jinja template (one with {{{{ }}}} or {{% %}})"
+        )
 
     @model_validator(mode="after")
     def _check_common(self) -> AlignSection:

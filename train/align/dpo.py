@@ -19,12 +19,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from llmtrain.errors import InputDataError
 from llmtrain.train.align.chat_data import (
     end_of_turn_token_id,
     load_examples,
-    resolve_chat_template,
-    tokenize_preferences,
 )
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
@@ -133,15 +130,7 @@ def run_dpo(recipe: Any, args: Any) -> Any:
     model_dir = run.input_model_dir()
     tokenizer = run.load_tokenizer(model_dir)
     data = load_examples(section, "preference", method="dpo", seed=run.seed)
-    conversational = isinstance(data.train[0]["chosen"], list)
-    template = None
-    if conversational:
-        template = resolve_chat_template(
-            tokenizer,
-            section.chat_template,
-            method="dpo",
-            tokenizer_dir=section.tokenizer or model_dir,
-        )
+    template = run.chat_template(data.train + data.validation, tokenizer, model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **run.model_kwargs())
     run.check_vocab(model, tokenizer, model_dir)
     ref_model = None
@@ -150,20 +139,10 @@ def run_dpo(recipe: Any, args: Any) -> Any:
         ref_model = AutoModelForCausalLM.from_pretrained(str(ref_dir), **run.model_kwargs())
         run.check_vocab(ref_model, tokenizer, ref_dir)
 
-    tokenize = dict(max_length=section.max_length, on_too_long=section.on_too_long)
-    train_rows, train_stats = tokenize_preferences(data.train, tokenizer, template, **tokenize)
-    val_rows, val_stats = tokenize_preferences(data.validation, tokenizer, template, **tokenize)
-    if len(train_rows) < section.global_batch_size:
-        raise InputDataError(
-            f"dpo: {len(train_rows)} training pairs are fewer than one batch "
-            f"(global_batch_size {section.global_batch_size}); add data or lower "
-            "dpo.global_batch_size"
-        )
+    train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
     run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(
-        {**data.metrics(), **train_stats.metrics("data/train"), **val_stats.metrics("data/val")}
-    )
+    run.log_data(data_metrics)
     config = run.training_args(
         DPOConfig,
         has_validation=bool(val_rows),

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import random
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,12 @@ from torch import nn
 from llmtrain.distributed import build_deepspeed_config
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.train import checkpoint as ckpt
-from llmtrain.train.align.chat_data import (
-    end_of_turn_token_id,
-    load_examples,
-    resolve_chat_template,
-)
+from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.ppo_core import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
+    Stopwatch,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -51,9 +48,16 @@ from llmtrain.train.align.ppo_core import (
     gae,
     masked_mean,
     masked_whiten,
+    penalize_missing_eos,
+    response_mask,
     token_rewards,
 )
-from llmtrain.train.align.prompts import FittedPrompt, fit_prompts
+from llmtrain.train.align.prompts import (
+    FittedPrompt,
+    fit_prompts,
+    rl_chat_template,
+    stop_token_ids,
+)
 from llmtrain.train.align.rewards import RewardSet, build_rewards
 from llmtrain.train.align.rl_config import PPOSection
 from llmtrain.train.align.trl_glue import AlignRun, _finish_generation_config
@@ -125,14 +129,80 @@ def value_model_source(section: PPOSection, rewards: RewardSet, tokenizer: Any) 
     return models[0].path
 
 
-def load_value_model(source: Path | None, policy_dir: Path, dtype: Any) -> nn.Module:
+def load_value_model(source: Path | None, policy_dir: Path, dtype: Any, **kwargs: Any) -> nn.Module:
+    """The value model: the reward model (source), or the policy with a new scalar head."""
     from transformers import AutoModelForSequenceClassification
 
     path = source or policy_dir
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, dtype=dtype, **kwargs
+    )
+    if not isinstance(getattr(model, "score", None), nn.Module):
+        raise StageInputError(
+            f"ppo: the value model from {path} ({type(model).__name__}) has no `score` head to "
+            "read at every token; PPO needs a decoder (Llama, Qwen, GPT-2, ...)"
+        )
     if source is None:  # a new scalar head on the policy's body starts at zero: V = 0
         nn.init.zeros_(model.score.weight)
+        if getattr(model.score, "bias", None) is not None:
+            nn.init.zeros_(model.score.bias)
     return model
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype frozen models (reference, reward models) run in."""
+    if not torch.cuda.is_available():
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def make_accelerator(section: PPOSection) -> Any:
+    """accelerate's Accelerator (process group, device); autocast unless DeepSpeed runs the
+    precision itself."""
+    from accelerate import Accelerator
+
+    on_gpu = torch.cuda.is_available()
+    if section.precision == "fp16" and not on_gpu:
+        raise RecipeError("ppo.precision: fp16 needs a GPU; use bf16 or fp32")
+    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[section.precision]
+    return Accelerator(cpu=not on_gpu, mixed_precision="no" if section.deepspeed else mixed)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """No dropout: the rollout's log-probs and the update's must come from the same function
+    (TRL does the same)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def frozen_under_deepspeed(
+    model: nn.Module, config: dict[str, Any], device: torch.device
+) -> nn.Module:
+    """The frozen reference under DeepSpeed: sharded like the policy under ZeRO-3 (each forward
+    gathers its layers), a whole copy per process otherwise."""
+    import copy
+
+    if config["zero_optimization"]["stage"] != 3:
+        return model.to(device)
+    import deepspeed
+
+    inference = copy.deepcopy(config)
+    inference.pop("optimizer", None)
+    inference.pop("scheduler", None)
+    inference["zero_optimization"].pop("offload_optimizer", None)
+    engine, *_ = deepspeed.initialize(model=model, config=inference)
+    engine.eval()
+    return engine
+
+
+def reward_search_path(recipe: Any) -> list[Path]:
+    """Where a user reward function's module is looked for besides sys.path: the current
+    directory and the recipe's folder."""
+    paths = [Path.cwd()]
+    if getattr(recipe, "source", None) is not None:
+        paths.append(Path(recipe.source).parent)
+    return list(dict.fromkeys(paths))
 
 
 def response_logprobs(
@@ -165,7 +235,6 @@ class Rollout:
 
 class PPOTrainer:
     def __init__(self, recipe: Any, section: PPOSection, run: AlignRun):
-        from accelerate import Accelerator
         from transformers import AutoModelForCausalLM
 
         self.recipe, self.section, self.run = recipe, section, run
@@ -174,15 +243,19 @@ class PPOTrainer:
         self._check_batches()
         policy_dir = run.input_model_dir()
         self.tokenizer = run.load_tokenizer(policy_dir)
-        template = resolve_chat_template(
-            self.tokenizer, section.chat_template, method="ppo", tokenizer_dir=policy_dir
-        )
-        self.stop_ids = self._stop_ids(template)
-        self.rewards = build_rewards(
-            section.rewards, default_reward_model=recipe.stage_dir("rm") / "final", method="ppo"
-        )
+        self.accelerator = make_accelerator(section)
+        self.device = self.accelerator.device
+        self.compute_dtype = compute_dtype(section.precision)
         self.counts: dict[str, int] = {}
         data = load_examples(section, "prompt", method="ppo", seed=run.seed)
+        self.template = rl_chat_template(
+            self.tokenizer,
+            section.chat_template,
+            data.train + data.validation,
+            method="ppo",
+            tokenizer_dir=section.tokenizer or policy_dir,
+        )
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.data_metrics = data.metrics()
         fit = dict(
             max_length=section.max_prompt_length,
@@ -198,51 +271,64 @@ class PPOTrainer:
                 f"ppo: {len(self.prompts)} usable training prompts, fewer than one rollout batch "
                 f"of {section.rollout_batch_size}; add prompts or lower ppo.rollout_batch_size"
             )
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
-        self.device = self.accelerator.device
-        dtype = (
-            torch.bfloat16
-            if section.precision == "bf16" and torch.cuda.is_available()
-            else torch.float32
+        self.rewards = build_rewards(
+            section.rewards,
+            default_reward_model=recipe.stage_dir("rm") / "final",
+            method="ppo",
+            search_path=reward_search_path(recipe),
+            device=self.device,
+            dtype=self.compute_dtype,
+            trust_remote_code=section.trust_remote_code,
         )
-        policy = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=dtype)
+        config = self._deepspeed_config()
+        remote = {"trust_remote_code": section.trust_remote_code}
+        # trained weights stay fp32 (autocast, or DeepSpeed's fp32 master copy); the frozen
+        # reference runs in the compute dtype
+        policy = AutoModelForCausalLM.from_pretrained(
+            str(policy_dir), dtype=torch.float32, **remote
+        )
         run.check_vocab(policy, self.tokenizer, policy_dir)
-        self.reference = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=dtype)
-        self.reference.requires_grad_(False).eval().to(self.device)
-        value = load_value_model(
-            value_model_source(section, self.rewards, self.tokenizer), policy_dir, dtype
+        reference = AutoModelForCausalLM.from_pretrained(
+            str(policy_dir), dtype=self.compute_dtype, **remote
         )
-        for scorer in self.rewards.reward_models:
-            scorer.model.to(self.device)
-            scorer.device = self.device
+        reference.requires_grad_(False).eval()
+        self.value_source = value_model_source(section, self.rewards, self.tokenizer)
+        value = load_value_model(self.value_source, policy_dir, torch.float32, **remote)
+        for model in (policy, value, reference):
+            disable_dropout(model)
+        if section.activation_checkpointing:
+            for model in (policy, value):
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        policy.config.use_cache = False
         module = PolicyAndValue(policy, value)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": list(policy.parameters()), "lr": section.lr},
-                {"params": list(value.parameters()), "lr": section.value_lr or section.lr},
-            ],
-            betas=(section.beta1, section.beta2),
-            eps=section.eps,
-            weight_decay=section.weight_decay,
-        )
+        groups = [
+            {"params": list(policy.parameters()), "lr": section.lr},
+            {"params": list(value.parameters()), "lr": section.value_lr or section.lr},
+        ]
+        adam = dict(betas=(section.beta1, section.beta2), eps=section.eps)
+        if config is not None and config["zero_optimization"].get("offload_optimizer"):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer: Any = DeepSpeedCPUAdam(
+                groups, weight_decay=section.weight_decay, adamw_mode=True, **adam
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, weight_decay=section.weight_decay, **adam)
         self.total_steps = section.max_steps or max(
             1, math.ceil(section.epochs * len(self.prompts) / section.rollout_batch_size)
         )
         updates = section.ppo_epochs * section.rollout_batch_size // section.global_batch_size
         self.total_updates = self.total_steps * updates
-        if section.deepspeed is not None:
-            config = build_deepspeed_config(
-                section.deepspeed,
-                micro_batch_size=section.micro_batch_size,
-                grad_accum_steps=self.accum_steps,
-                world_size=self.world,
-                precision=section.precision,
-                grad_clip=section.grad_clip,
-                where="ppo",
-            )
+        if config is not None:
             self.engine: PlainEngine | DeepSpeedEngine = DeepSpeedEngine(module, optimizer, config)
+            self.reference = frozen_under_deepspeed(reference, config, self.device)
         else:
             self.engine = PlainEngine(self.accelerator, module, optimizer, section.grad_clip)
+            self.reference = reference.to(self.device)
+        self.gathers = 0  # ZeRO-3: times the policy was gathered for generation
+        self._holding_weights = False
         warmup = (
             section.warmup_steps
             if section.warmup_steps is not None
@@ -266,12 +352,35 @@ class PPOTrainer:
         self.score_moments = RunningMoments()
         self.step = 0
         self.position = 0  # prompts consumed, over all processes
+        self._order: tuple[int, list[int]] | None = None  # (epoch, its prompt order)
 
     # -- checks --------------------------------------------------------------------------------
 
     @property
     def accum_steps(self) -> int:
         return self.section.global_batch_size // (self.section.micro_batch_size * self.world)
+
+    def _deepspeed_config(self) -> dict[str, Any] | None:
+        section = self.section
+        if section.deepspeed is None:
+            return None
+        config = build_deepspeed_config(
+            section.deepspeed,
+            micro_batch_size=section.micro_batch_size,
+            grad_accum_steps=self.accum_steps,
+            world_size=self.world,
+            precision=section.precision,
+            grad_clip=section.grad_clip,
+            where="ppo",
+        )
+        for key in ("optimizer", "scheduler"):
+            if key in config:
+                raise RecipeError(
+                    f"ppo.deepspeed.config: {section.deepspeed.config} sets {key!r}; PPO builds "
+                    "AdamW over the policy and the value model (lr, value_lr) and the schedule "
+                    f"from the ppo keys: remove {key!r} from the JSON"
+                )
+        return config
 
     def _check_batches(self) -> None:
         section, world = self.section, self.world
@@ -286,13 +395,6 @@ class PPOTrainer:
                 f"ppo.rollout_batch_size {section.rollout_batch_size} does not divide over "
                 f"{world} processes"
             )
-
-    def _stop_ids(self, template: str) -> list[int]:
-        ids = [self.tokenizer.eos_token_id]
-        turn_end = end_of_turn_token_id(self.tokenizer, template)
-        if turn_end is not None:
-            ids.append(turn_end)
-        return sorted({i for i in ids if i is not None})
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -337,35 +439,38 @@ class PPOTrainer:
         for offset in range(size):
             index = self.position + offset
             epoch, within = divmod(index, len(self.prompts))
-            order = list(range(len(self.prompts)))
-            random.Random(self.run.seed * 1000003 + epoch).shuffle(order)
-            picked.append(self.prompts[order[within]])
+            picked.append(self.prompts[self._epoch_order(epoch)[within]])
         self.position += size
         share = size // self.world
         return picked[self.env.rank * share : (self.env.rank + 1) * share]
 
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """The order of the prompts in `epoch` (a seeded shuffle per epoch)."""
+        if self._order is None or self._order[0] != epoch:
+            order = list(range(len(self.prompts)))
+            random.Random(self.run.seed * 1000003 + epoch).shuffle(order)
+            self._order = (epoch, order)
+        return self._order[1]
+
     def iteration(self) -> dict[str, float]:
         section = self.section
         prompts = self._batch_prompts()
-        start = time.perf_counter()
+        clock = Stopwatch(self.device)
         sequences, prompt_attention = self.generate([p.ids for p in prompts], sample=True)
-        generation_time = time.perf_counter() - start
+        generation_time = clock.lap()
         response = sequences[:, prompt_attention.shape[1] :]
-        mask, has_end = self.response_mask(response)
-        start = time.perf_counter()
+        mask, has_end = response_mask(response, self.stop_ids)
         raw, per_reward = self.score(prompts, response, mask)
-        scoring_time = time.perf_counter() - start
-        start = time.perf_counter()
-        scores = raw.clone()
-        if section.missing_eos_penalty is not None:
-            scores = scores - section.missing_eos_penalty * (~has_end).float()
+        scoring_time = clock.lap()
+        scores = penalize_missing_eos(raw, has_end.cpu(), section.missing_eos_penalty)
         scores = self.normalize(scores)
         rollout = self.make_rollout(sequences, prompt_attention, mask, scores)
+        reference_time = clock.lap()
         update = self.update(rollout)
-        training_time = time.perf_counter() - start
+        update_time = clock.lap()
         kl_per_sequence = self.mean((rollout.old_logprobs - rollout.ref_logprobs).mul(mask).sum(1))
         self.kl.update(kl_per_sequence, section.rollout_batch_size)
-        new_tokens = float(mask.sum())
+        _, new_tokens, _ = self._moments(mask.sum(1))
         metrics = {
             "reward/mean": self.mean(raw),
             "reward/std": self.std(raw),
@@ -379,7 +484,10 @@ class PPOTrainer:
             "lr": self.scheduler.get_last_lr()[0],
             "time/generation": generation_time,
             "time/scoring": scoring_time,
-            "time/training": training_time,
+            "time/reference": reference_time,
+            "time/update": update_time,
+            "time/training": reference_time + update_time,
+            "time/step": generation_time + scoring_time + reference_time + update_time,
             "generation_tokens_per_s": new_tokens / max(generation_time, 1e-9),
         }
         return metrics
@@ -406,44 +514,48 @@ class PPOTrainer:
                 "do_sample": True,
                 "temperature": section.temperature,
                 "top_p": section.top_p,
-                "top_k": section.top_k or None,
+                "top_k": section.top_k,  # 0: no limit (None would mean the model's default, 50)
             }
         was_training = policy.training
         policy.eval()
-        with self._gathered(policy), torch.no_grad():
+        with self.generation_weights(), self.accelerator.autocast(), torch.no_grad():
             out = policy.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 max_new_tokens=section.max_new_tokens,
                 eos_token_id=self.stop_ids,
                 pad_token_id=pad,
-                synced_gpus=isinstance(self.engine, DeepSpeedEngine)
-                and self.engine.zero_stage == 3
-                and self.world > 1,
+                use_cache=True,
                 **kwargs,
             )
         policy.train(was_training)
         return out, attention.to(self.device)
 
-    def _gathered(self, policy: nn.Module) -> contextlib.AbstractContextManager:
-        """Under ZeRO-3, every rank gathers the full policy once for the whole rollout."""
-        if isinstance(self.engine, DeepSpeedEngine) and self.engine.zero_stage == 3:
-            import deepspeed
+    @contextlib.contextmanager
+    def generation_weights(self) -> Iterator[None]:
+        """Under ZeRO-3: the policy's full weights on every rank for the whole block, gathered
+        once (one all-gather per rollout, not one per layer and token), with DeepSpeed's
+        forward hooks removed meanwhile so generation runs no collective at all; re-entrant."""
+        engine = self.engine
+        if self._holding_weights or not (
+            isinstance(engine, DeepSpeedEngine) and engine.zero_stage == 3
+        ):
+            yield
+            return
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
 
-            return deepspeed.zero.GatheredParameters(list(policy.parameters()))
-        return contextlib.nullcontext()
-
-    def response_mask(self, response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask up to and including the first end token, whether an end token was produced)."""
-        stops = torch.isin(response, torch.tensor(self.stop_ids, device=response.device))
-        has_end = stops.any(dim=1)
-        length = response.shape[1]
-        first = torch.where(
-            has_end, stops.float().argmax(dim=1), torch.full_like(has_end, length, dtype=torch.long)
-        )
-        positions = torch.arange(length, device=response.device)[None, :]
-        mask = (positions <= first[:, None]).float()
-        return mask, has_end
+        self._holding_weights = True
+        self.gathers += 1
+        try:
+            with deepspeed.zero.GatheredParameters(list(engine.module.policy.parameters())):
+                remove_hooks(engine.engine)
+                try:
+                    yield
+                finally:
+                    add_hooks(engine.engine)
+        finally:
+            self._holding_weights = False
 
     def completions(
         self, prompts: list[FittedPrompt], response: torch.Tensor, mask: torch.Tensor
@@ -506,6 +618,7 @@ class PPOTrainer:
                 part = slice(start, start + section.micro_batch_size)
                 logits, values = module(sequences[part], attention[part], position_ids[part])
                 logp, _ = response_logprobs(logits, sequences[part], width, section.temperature)
+                del logits
                 ref_logits = self.reference(
                     input_ids=sequences[part],
                     attention_mask=attention[part],
@@ -611,7 +724,7 @@ class PPOTrainer:
                 ("approx_kl", policy.approx_kl),
                 ("ratio", policy.ratio_mean),
             ):
-                stats[key] = stats.get(key, 0.0) + float(value) / len(chunks)
+                stats[key] = stats.get(key, 0.0) + float(value.detach()) / len(chunks)
         _, grad_norm = self.engine.step(skip=False)
         self.scheduler.step()
         if grad_norm is not None and math.isfinite(grad_norm):
@@ -625,15 +738,17 @@ class PPOTrainer:
         share = self.eval_prompts[self.env.rank :: self.world]
         totals: list[float] = []
         per_reward: dict[str, list[float]] = {}
-        for start in range(0, len(share), max(self.section.micro_batch_size, 8)):
-            batch = share[start : start + max(self.section.micro_batch_size, 8)]
-            sequences, prompt_attention = self.generate([p.ids for p in batch], sample=False)
-            response = sequences[:, prompt_attention.shape[1] :]
-            mask, _ = self.response_mask(response)
-            raw, parts = self.score(batch, response, mask)
-            totals.extend(raw.tolist())
-            for name, values in parts.items():
-                per_reward.setdefault(name, []).extend(values)
+        size = max(self.section.micro_batch_size, 8)
+        with self.generation_weights():  # one gather for the whole evaluation
+            for start in range(0, len(share), size):
+                batch = share[start : start + size]
+                sequences, prompt_attention = self.generate([p.ids for p in batch], sample=False)
+                response = sequences[:, prompt_attention.shape[1] :]
+                mask, _ = response_mask(response, self.stop_ids)
+                raw, parts = self.score(batch, response, mask)
+                totals.extend(raw.tolist())
+                for name, values in parts.items():
+                    per_reward.setdefault(name, []).extend(values)
         result = {"eval/reward_mean": self.mean(torch.tensor(totals))}
         for name, values in per_reward.items():
             result[f"eval/reward/{name}"] = self.mean(torch.tensor(values))

@@ -8,6 +8,7 @@ token), 0 on padding after it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,32 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
+
+
+def response_mask(response: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of the response tokens up to and including the first end token, whether each
+    response produced an end token). What follows the end token (padding) is masked out; a
+    response without one keeps every token."""
+    stops = torch.isin(response, torch.tensor(stop_ids, device=response.device))
+    has_end = stops.any(dim=1)
+    length = response.shape[1]
+    first = torch.where(
+        has_end,
+        stops.float().argmax(dim=1),
+        torch.full_like(has_end, length, dtype=torch.long),
+    )
+    positions = torch.arange(length, device=response.device)[None, :]
+    return (positions <= first[:, None]).float(), has_end
+
+
+def penalize_missing_eos(
+    scores: torch.Tensor, has_end: torch.Tensor, penalty: float | None
+) -> torch.Tensor:
+    """Scores less `penalty` where the response ended without an end token (cut off at
+    max_new_tokens), before normalisation."""
+    if penalty is None:
+        return scores.clone()
+    return scores - penalty * (~has_end).to(scores.dtype)
 
 
 def token_rewards(
@@ -189,3 +216,21 @@ class RunningMoments:
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+class Stopwatch:
+    """Laps of wall time; waits for the GPU first, so a lap holds the work launched in it."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        elapsed, self.last = now - self.last, now
+        return elapsed

@@ -21,6 +21,30 @@ class FittedPrompt:
     """The record's other fields (e.g. answer)."""
 
 
+def rl_chat_template(
+    tokenizer: Any, choice: str, records: list[dict], *, method: str, tokenizer_dir: Any
+) -> str | None:
+    """The chat template message prompts are rendered with (set on the tokenizer), or None when
+    every prompt is text, the recipe asks for the tokenizer's template and it has none (a base
+    model: sampling then stops at eos only)."""
+    from llmtrain.train.align.chat_data import resolve_chat_template
+
+    all_text = all(isinstance(record["prompt"], str) for record in records)
+    if all_text and choice == "tokenizer" and not tokenizer.chat_template:
+        return None
+    return resolve_chat_template(tokenizer, choice, method=method, tokenizer_dir=tokenizer_dir)
+
+
+def stop_token_ids(tokenizer: Any, template: str | None) -> list[int]:
+    """Where sampling stops: eos and the template's end-of-turn token (ChatML: <|im_end|>)."""
+    from llmtrain.train.align.chat_data import end_of_turn_token_id
+
+    ids = [tokenizer.eos_token_id]
+    if template is not None:
+        ids.append(end_of_turn_token_id(tokenizer, template))
+    return sorted({i for i in ids if i is not None})
+
+
 def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
     if isinstance(prompt, str):
         return tokenizer(prompt, add_special_tokens=True)["input_ids"]

@@ -94,7 +94,8 @@ class RLSection(AlignSection):
     INPUT_STAGE: ClassVar[str] = "sft"
 
     rewards: list[RewardSection] = Field(min_length=1)
-    """Reward sources, summed with their weights."""
+    """Reward sources, summed with their weights. (`max_length` of the common keys is not used:
+    sequences are at most max_prompt_length + max_new_tokens.)"""
     max_prompt_length: int = Field(default=512, gt=0)
     """Longest prompt in tokens; longer ones are truncated from the left or dropped
     (on_too_long), and counted."""
@@ -155,6 +156,11 @@ class PPOSection(RLSection):
 
     @model_validator(mode="after")
     def _rollout_is_whole_minibatches(self) -> PPOSection:
+        if self.lora is not None:
+            raise ValueError(
+                "lora: PPO trains every weight of the policy and of the value model; LoRA is not "
+                "supported here (remove ppo.lora; grpo, dpo and sft take lora)"
+            )
         if self.rollout_batch_size % self.global_batch_size:
             raise ValueError(
                 f"rollout_batch_size {self.rollout_batch_size} is not a multiple of "
@@ -188,7 +194,12 @@ class GRPOSection(RLSection):
     use_vllm: bool = False
     """Generate with vLLM (needs vllm and a CUDA GPU)."""
     vllm_mode: Literal["colocate", "server"] = "colocate"
+    """colocate: vLLM runs inside each training process and shares its GPU; server: a separate
+    `trl vllm-serve` process (on GPUs of its own) at vllm_server_url."""
     vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    """colocate: share of each GPU's memory vLLM may take."""
+    vllm_server_url: str | None = None
+    """server: base URL of the `trl vllm-serve` server; default http://localhost:8000."""
 
     @model_validator(mode="after")
     def _batch_is_whole_groups(self) -> GRPOSection:

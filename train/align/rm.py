@@ -19,11 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from llmtrain.errors import InputDataError, StageInputError
+from llmtrain.errors import StageInputError
 from llmtrain.train.align.chat_data import (
     load_examples,
-    resolve_chat_template,
-    tokenize_preferences,
 )
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
@@ -137,32 +135,15 @@ def run_rm(recipe: Any, args: Any) -> Any:
     data = load_examples(
         section, "preference", method="rm", seed=run.seed, margin_field=section.margin_field
     )
-    template = None
-    if isinstance(data.train[0]["chosen"], list):
-        template = resolve_chat_template(
-            tokenizer,
-            section.chat_template,
-            method="rm",
-            tokenizer_dir=section.tokenizer or model_dir,
-        )
+    template = run.chat_template(data.train + data.validation, tokenizer, model_dir)
     model = load_reward_model(model_dir, run.model_kwargs())
     run.check_vocab(model, tokenizer, model_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    tokenize = dict(max_length=section.max_length, on_too_long=section.on_too_long)
-    train_rows, train_stats = tokenize_preferences(data.train, tokenizer, template, **tokenize)
-    val_rows, val_stats = tokenize_preferences(data.validation, tokenizer, template, **tokenize)
-    if len(train_rows) < section.global_batch_size:
-        raise InputDataError(
-            f"rm: {len(train_rows)} training pairs are fewer than one batch "
-            f"(global_batch_size {section.global_batch_size}); add data or lower "
-            "rm.global_batch_size"
-        )
+    train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
     run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(
-        {**data.metrics(), **train_stats.metrics("data/train"), **val_stats.metrics("data/val")}
-    )
+    run.log_data(data_metrics)
     config = run.training_args(
         RewardConfig,
         has_validation=bool(val_rows),

@@ -17,7 +17,7 @@ from llmtrain.train.align.chat_data import (
     end_of_turn_token_id,
     load_examples,
     missing_template_tokens,
-    resolve_chat_template,
+    stop_token_trained,
     tokenize_sft,
     training_template,
 )
@@ -59,14 +59,9 @@ def run_sft(recipe: Any, args: Any) -> Any:
     model_dir = run.input_model_dir()
     tokenizer = run.load_tokenizer(model_dir)
     data = load_examples(section, "sft", method="sft", seed=run.seed)
-    template = loss_template = None  # text prompt/completion records need no chat template
-    if any("messages" in example for example in data.train + data.validation):
-        template = resolve_chat_template(
-            tokenizer,
-            section.chat_template,
-            method="sft",
-            tokenizer_dir=section.tokenizer or model_dir,
-        )
+    template = run.chat_template(data.train + data.validation, tokenizer, model_dir)
+    loss_template = None  # text prompt/completion records need no chat template
+    if template is not None:
         loss_template = (
             training_template(tokenizer, template, method="sft")
             if section.assistant_only_loss
@@ -76,6 +71,16 @@ def run_sft(recipe: Any, args: Any) -> Any:
     missing = missing_template_tokens(tokenizer, section.chat_template) if template else []
     if missing:
         add_template_tokens(model, tokenizer, missing, lora=section.lora is not None)
+    if (
+        loss_template
+        and section.assistant_only_loss
+        and not stop_token_trained(tokenizer, loss_template)
+    ):
+        log.warning(
+            "the chat template leaves the end-of-turn token after an assistant turn out of its "
+            "{% generation %} span, so the model is not trained to stop; put the token inside "
+            "the span, set sft.chat_template: chatml, or set sft.assistant_only_loss: false"
+        )
     run.check_vocab(model, tokenizer, model_dir)
 
     tokenize = dict(

@@ -37,7 +37,7 @@ from typing import Any
 
 from llmtrain.atomic import atomic_path
 from llmtrain.distributed import build_deepspeed_config
-from llmtrain.errors import RecipeError, StageInputError
+from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.rundir import RunDir
 from llmtrain.runtime import dist_env, seed_everything
 from llmtrain.tracking import Tracker
@@ -119,6 +119,44 @@ class AlignRun:
                 "model directory; save the model with save_pretrained"
             )
         return given
+
+    def chat_template(self, records: list[dict], tokenizer: Any, model_dir: Path) -> str | None:
+        """The template conversations are rendered with (set on the tokenizer), or None when
+        every record is text."""
+        from llmtrain.train.align.chat_data import resolve_chat_template, uses_chat_template
+
+        if not uses_chat_template(records):
+            return None
+        return resolve_chat_template(
+            tokenizer,
+            self.section.chat_template,
+            method=self.method,
+            tokenizer_dir=self.section.tokenizer or model_dir,
+        )
+
+    def preference_rows(
+        self, data: Any, tokenizer: Any, template: str | None
+    ) -> tuple[list[dict], list[dict], dict[str, Any]]:
+        """(train pairs, validation pairs, data metrics): tokenized and fitted to max_length;
+        fewer training pairs than one global batch is an error."""
+        from llmtrain.train.align.chat_data import tokenize_preferences
+
+        section, method = self.section, self.method
+        fit = dict(max_length=section.max_length, on_too_long=section.on_too_long)
+        train_rows, train_stats = tokenize_preferences(data.train, tokenizer, template, **fit)
+        val_rows, val_stats = tokenize_preferences(data.validation, tokenizer, template, **fit)
+        if len(train_rows) < section.global_batch_size:
+            raise InputDataError(
+                f"{method}: {len(train_rows)} training pairs are fewer than one batch "
+                f"(global_batch_size {section.global_batch_size}); add data or lower "
+                f"{method}.global_batch_size"
+            )
+        metrics = {
+            **data.metrics(),
+            **train_stats.metrics("data/train"),
+            **val_stats.metrics("data/val"),
+        }
+        return train_rows, val_rows, metrics
 
     def load_tokenizer(self, model_dir: Path) -> Any:
         """The tokenizer of `<method>.tokenizer`, else of the model directory; pad = eos if unset."""

@@ -1,0 +1,167 @@
+"""`llmtrain plan`: parameter counts against built models, the memory and compute formulas, and
+every recipe in recipes/ checked and planned."""
+
+import json
+
+import pytest
+
+from llmtrain.cli import main
+from llmtrain.errors import RecipeError
+from llmtrain.recipe import load_recipe, validate_recipe
+from llmtrain.train.plan import (
+    chinchilla_loss,
+    make_plan,
+    model_state_bytes,
+)
+from tests.conftest import REPO
+
+TINY_PRESETS = [
+    "llama-tiny",
+    "gpt-tiny",
+    "moe-tiny",
+    "qwen2-moe-tiny",
+    "mixtral-tiny",
+    "bert-tiny",
+    "modernbert-tiny",
+    "t5-tiny",
+]
+
+
+def tiny_recipe(preset: str, **pretrain):
+    body = {"name": "p", "output_dir": "out", "model": {"preset": preset, "vocab_size": 576}}
+    if pretrain:
+        body["pretrain"] = pretrain
+    return validate_recipe(body)
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_parameter_count_equals_the_built_model(preset, tiny_tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer
+
+    from llmtrain.train.models import create_model, objective_of_family
+    from llmtrain.train.presets import preset_family
+
+    recipe = tiny_recipe(preset)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    objective = objective_of_family(preset_family(preset))
+    model = create_model(recipe.model, tokenizer, objective=objective, seed=0)
+    plan = make_plan(recipe, gpus=1)
+    assert plan.params_total == sum(p.numel() for p in model.parameters())
+    lookups = {  # token and position embeddings, each tensor once (tied or shared)
+        id(p): p.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding)
+        for p in m.parameters(recurse=False)
+    }
+    assert plan.params_embedding == sum(lookups.values())
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in f".{n}")
+    if experts:  # 2 of 4 experts per token: half the expert weights are idle
+        assert plan.params_active == plan.params_total - experts // 2
+    else:
+        assert plan.params_active == plan.params_total
+
+
+def test_model_states_follow_the_zero_paper():
+    n, world = 1_000_000_000, 8
+    state = {
+        (stage, offload): model_state_bytes(
+            n, zero_stage=stage, world=world, precision="bf16", offload=offload
+        )
+        for stage in (0, 1, 2, 3)
+        for offload in ("none", "optimizer")
+    }
+    assert state[0, "none"] == (16e9, 0.0)  # fp32 weights, grads, two moments: no sharding
+    assert state[1, "none"] == (2e9 + 2e9 + 12e9 / 8, 0.0)
+    assert state[2, "none"] == (2e9 + 14e9 / 8, 0.0)
+    assert state[3, "none"] == (16e9 / 8, 0.0)
+    # offload moves the fp32 master copy, both moments and the fp32 gradient partition
+    assert state[2, "optimizer"] == (2e9 + 2e9 / 8, 16e9 / 8)
+    gpu, cpu = model_state_bytes(
+        n, zero_stage=3, world=world, precision="bf16", offload="optimizer+params"
+    )
+    assert (gpu, cpu) == (2e9 / 8, 16e9 / 8 + 2e9 / 8)
+    # fp32 DeepSpeed keeps 4-byte weights and gradients
+    assert model_state_bytes(n, zero_stage=3, world=1, precision="fp32", offload="none") == (
+        20e9,
+        0.0,
+    )
+
+
+def test_chinchilla_numbers():
+    # Chinchilla itself: 70B parameters on 1.4T tokens
+    assert chinchilla_loss(70e9, 1.4e12) == pytest.approx(1.937, abs=1e-3)
+    plan = make_plan(tiny_recipe("llama-tiny", steps=100, global_batch_size=8, seq_len=128))
+    assert plan.tokens == 100 * 8 * 128
+    assert plan.chinchilla_tokens == 20 * plan.params_total
+    assert plan.predicted_loss == pytest.approx(chinchilla_loss(plan.params_total, plan.tokens))
+
+
+def test_wall_time_and_activations_scale_as_they_should():
+    base = dict(steps=1000, global_batch_size=64, seq_len=256, micro_batch_size=4)
+    plan = make_plan(tiny_recipe("llama-tiny", **base), gpus=4, gpu="A100", mfu=0.5)
+    assert plan.peak_tflops == 312.0  # bf16 dense peak of an A100
+    expected = plan.flops_per_token * plan.tokens / (4 * 312e12 * 0.5) / 3600
+    assert plan.wall_hours == pytest.approx(expected)
+    double = make_plan(tiny_recipe("llama-tiny", **{**base, "micro_batch_size": 8}), gpus=4)
+    assert double.memory[0].activations_gib == pytest.approx(2 * plan.memory[0].activations_gib)
+    saved = make_plan(
+        tiny_recipe("llama-tiny", **base, activation_checkpointing=True), gpus=4
+    ).memory[0]
+    assert saved.activations_gib < plan.memory[0].activations_gib
+    stages = {(r.zero_stage, r.offload): r.states_gib for r in plan.memory}
+    assert stages[0, "none"] > stages[1, "none"] > stages[2, "none"] > stages[3, "none"]
+
+
+def test_plan_bad_input(write_recipe):
+    with pytest.raises(RecipeError, match=r"plan needs a `model:` section"):
+        make_plan(validate_recipe({"name": "p", "output_dir": "o"}))
+    with pytest.raises(RecipeError, match=r"plan: the vocabulary size is unknown; set model"):
+        make_plan(
+            validate_recipe({"name": "p", "output_dir": "o", "model": {"preset": "gpt-tiny"}})
+        )
+    with pytest.raises(RecipeError, match=r"plan --mfu: expected a share in \(0, 1\], got 40"):
+        make_plan(tiny_recipe("llama-tiny"), mfu=40)
+
+
+REAL_RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name != "tiny.yaml")
+
+
+def test_the_real_size_recipes_exist():
+    names = {p.stem for p in REAL_RECIPES}
+    assert {"gpt2-124m", "llama-1b", "moe-1b-7b", "bert-base-mlm", "t5-base-span"} <= names
+    for method in ("sft", "dpo", "ppo", "grpo"):
+        assert f"llama-1b-{method}" in names
+
+
+@pytest.mark.parametrize(
+    "path", REAL_RECIPES + [REPO / "recipes" / "tiny.yaml"], ids=lambda p: p.stem
+)
+def test_every_recipe_checks_and_plans(path, capsys):
+    # their corpora are the user's (../data/...): check everything but the files' existence
+    main(["config", "check", "--skip-inputs", str(path)])
+    assert capsys.readouterr().out.startswith("ok: ")
+    main(["plan", str(path), "--json", "--set", "model.vocab_size=32768"])
+    plan = json.loads(capsys.readouterr().out)
+    recipe = load_recipe(path)
+    assert plan["params_total"] > (1e6 if path.stem == "tiny" else 5e7)
+    assert plan["tokens"] == recipe.pretrain.steps * recipe.pretrain.global_batch_size * (
+        recipe.pretrain.seq_len or recipe.data.seq_len
+    )
+    # the recipe's own ZeRO stage fits 8 H100s
+    zero = recipe.pretrain.deepspeed.zero_stage if recipe.pretrain.deepspeed else 0
+    row = next(r for r in plan["memory"] if r["zero_stage"] == zero and r["offload"] == "none")
+    assert row["fits"], (path.stem, row)
+
+
+def test_moe_without_sharding_does_not_fit_one_h100(capsys):
+    main(["plan", str(REPO / "recipes" / "moe-1b-7b.yaml"), "--gpus", "32"])
+    table = capsys.readouterr().out
+    assert "6,981,490,688 total" in table and "1,344,346,112 active per token" in table
+    rows = {
+        line.split("|")[1].strip() + line.split("|")[2].strip(): line
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
+    assert rows["0none"].startswith("| 0 | none | 104.03 |") and rows["0none"].endswith("| no |")
+    assert rows["3 (recipe)none"].endswith("| yes |")
