@@ -30,11 +30,12 @@ def collect(out_dir: Path, source_mb: float, seed: int = 1234, held_out: int = 1
     write_jsonl(
         out_dir / "stdlib_source.jsonl", iter_documents("source", max_bytes=int(source_mb * 2**20))
     )
-    # operands up to 30, no negative results: 1457 problems; pretraining text gives the bare
-    # answers, the chats the worked column arithmetic that SFT teaches
+    # operands up to 30, no negative results: 1457 problems, each written out as worked column
+    # arithmetic (the digit facts the model must know are learnt in pretraining; SFT teaches
+    # the chat format)
     problems = arithmetic.make_problems(10**6, seed=seed, max_operand=30, non_negative=True)
     train, evaluation = arithmetic.split_problems(problems, held_out)
-    lines = [f"{p.question} {p.solution()}" for p in train]
+    lines = [f"{p.question} {p.worked_solution()}" for p in train]
     write_jsonl(
         out_dir / "arithmetic.jsonl",
         ("\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)),

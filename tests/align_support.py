@@ -98,3 +98,20 @@ def train_sft(folder: Path, model_dir: Path, **overrides: Any):
 
 def held_out_prompts(problems: list[Problem]) -> list[list[dict]]:
     return [[user_message(p)] for p in problems]
+
+
+def assert_final_is_merged_adapter(run_dir: Path, trainer: Any) -> Any:
+    """A LoRA run: adapter/ holds the adapter, final/ the merged model, which gives the
+    trained model's logits; returns those logits on a fixed arithmetic line with the batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert not (run_dir / "final" / "adapter_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    batch = tokenizer(["What is 3 + 4? 3 + 4 = 7."], return_tensors="pt")
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "final").eval()
+    with torch.no_grad():
+        expected = trainer.model.eval()(**batch).logits
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-4)
+    return batch, expected

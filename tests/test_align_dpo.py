@@ -17,7 +17,13 @@ from llmtrain.rundir import RunDir, read_metrics
 from llmtrain.train.align.chat_data import normalize_preference, tokenize_preferences
 from llmtrain.train.align.config import DPOSection
 from llmtrain.train.align.dpo import PaddingFreeForward, dpo_trainer_class, run_dpo
-from tests.align_support import FAST, run_args, write_preference_data, write_recipe_file
+from tests.align_support import (
+    FAST,
+    assert_final_is_merged_adapter,
+    run_args,
+    write_preference_data,
+    write_recipe_file,
+)
 
 
 def _dpo_section(sft_recipe, train, held, **overrides):
@@ -213,14 +219,7 @@ def test_lora_uses_the_base_as_reference_and_a_given_reference_is_used(
     assert records[0]["rewards/chosen"] == pytest.approx(0, abs=1e-6)
     assert records[0]["rewards/rejected"] == pytest.approx(0, abs=1e-6)
     assert records[-1]["rewards/margins"] > 0.3
-    assert (run_dir / "adapter" / "adapter_config.json").is_file()
-    assert not (run_dir / "final" / "adapter_config.json").exists()
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
-    batch = tokenizer(["What is 3 + 4? 3 + 4 = 7."], return_tensors="pt")
-    merged = AutoModelForCausalLM.from_pretrained(run_dir / "final").eval()
-    with torch.no_grad():
-        expected = trainer.model.eval()(**batch).logits
-        torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-4)
+    assert_final_is_merged_adapter(run_dir, trainer)
 
     # dpo.ref_model: that model is the reference, so the rewards start away from 0 (with
     # the policy as its own reference they start at exactly 0, as above)

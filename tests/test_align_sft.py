@@ -24,6 +24,7 @@ from llmtrain.train.align.sft import run_sft
 from tests.align_support import (
     FAST,
     arithmetic_split,
+    assert_final_is_merged_adapter,
     held_out_prompts,
     run_args,
     write_jsonl,
@@ -592,16 +593,10 @@ def test_lora_writes_the_adapter_and_a_merged_final(tmp_path, tiny_causal_lm_dir
     )
     trainer = run_sft(recipe, run_args())
     run_dir = recipe.stage_dir("sft")
-    assert (run_dir / "adapter" / "adapter_config.json").is_file()
-    assert not (run_dir / "final" / "adapter_config.json").exists()
     losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert losses[-1] < losses[0] - 0.5
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
-    batch = tokenizer(["What is 3 + 4? 3 + 4 = 7."], return_tensors="pt")
-    merged = AutoModelForCausalLM.from_pretrained(run_dir / "final").eval()
+    batch, expected = assert_final_is_merged_adapter(run_dir, trainer)
     with torch.no_grad():
-        expected = trainer.model.eval()(**batch).logits
-        torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-4)
         base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir)(**batch).logits
     assert (base - expected).abs().max() > 1e-2
 

@@ -8,7 +8,7 @@ import torch
 from llmtrain.errors import InputDataError, StageInputError
 from llmtrain.recipe import load_recipe
 from llmtrain.train.evaluate.perplexity import _stream_windows, perplexity_on_texts
-from llmtrain.train.evaluate.runner import evaluate_recipe
+from llmtrain.train.evaluate.runner import evaluate_recipe, write_table
 from llmtrain.train.evaluate.tasks import (
     continuation_logprobs,
     load_task_records,
@@ -144,3 +144,17 @@ def test_perplexity_of_a_model_that_knows_the_text_is_low():
     assert perplexity_on_texts(uniform, tokenizer, ["a b a b a b"], seq_len=4)[
         "perplexity"
     ] == pytest.approx(len(WORDS))
+
+
+def test_results_table_lists_stages_in_pipeline_order(tmp_path):
+    for name, accuracy in [("sft", 0.5), ("grpo", 0.7), ("my-model", 0.1), ("pretrain", 0.0)]:
+        result = {"perplexity": {}, "tasks": {"arith": {"exact_match": accuracy, "n": 10}}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    table = write_table(tmp_path)
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
+        "| pretrain",
+        "| sft",
+        "| grpo",
+        "| my-model",
+    ]
+    assert "| grpo | 0.700 |" in table

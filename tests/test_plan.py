@@ -9,7 +9,9 @@ from llmtrain.cli import main
 from llmtrain.errors import RecipeError
 from llmtrain.recipe import load_recipe, validate_recipe
 from llmtrain.train.plan import (
+    GIB,
     chinchilla_loss,
+    deepspeed_buffer_bytes,
     make_plan,
     model_state_bytes,
 )
@@ -111,6 +113,23 @@ def test_wall_time_and_activations_scale_as_they_should():
     assert saved.activations_gib < plan.memory[0].activations_gib
     stages = {(r.zero_stage, r.offload): r.states_gib for r in plan.memory}
     assert stages[0, "none"] > stages[1, "none"] > stages[2, "none"] > stages[3, "none"]
+
+
+def test_deepspeed_buckets_are_counted_at_their_default_size_whatever_the_model():
+    # bf16: ZeRO 1 reduces through an fp32 bucket of 5e8 elements, ZeRO 2 a bf16 one, ZeRO 3 a
+    # bf16 one plus the 5e7-element prefetch bucket
+    assert deepspeed_buffer_bytes(0, "bf16") == 0
+    assert deepspeed_buffer_bytes(1, "bf16") == 4 * 5e8
+    assert deepspeed_buffer_bytes(2, "bf16") == 2 * 5e8
+    assert deepspeed_buffer_bytes(3, "bf16") == 2 * (5e8 + 5e7)
+    plan = make_plan(tiny_recipe("llama-tiny"), gpus=8)
+    rows = {(r.zero_stage, r.offload): r for r in plan.memory}
+    assert rows[0, "none"].buffers_gib == 0
+    assert rows[1, "none"].buffers_gib == pytest.approx(4 * 5e8 / GIB)
+    # a tiny model's states are negligible: ZeRO 1 plans more memory than plain DDP here
+    assert rows[1, "none"].total_gib > rows[0, "none"].total_gib
+    row = rows[3, "none"]
+    assert row.total_gib == pytest.approx(row.states_gib + row.activations_gib + row.buffers_gib)
 
 
 def test_plan_bad_input(write_recipe):

@@ -80,10 +80,12 @@ class MemoryRow:
     cpu_gib: float
     """What offload moves to the CPU, per GPU process."""
     fits: bool | None
+    buffers_gib: float = 0.0
+    """DeepSpeed's gradient-reduction and parameter-prefetch buckets (deepspeed_buffer_bytes)."""
 
     @property
     def total_gib(self) -> float:
-        return self.states_gib + self.activations_gib
+        return self.states_gib + self.activations_gib + self.buffers_gib
 
 
 def model_state_bytes(
@@ -112,6 +114,38 @@ def model_state_bytes(
         cpu += weights
         weights = 0.0
     return weights + grads + optimizer, cpu
+
+
+REDUCE_BUCKET_ELEMENTS = 500_000_000
+"""DeepSpeed's default zero_optimization.reduce_bucket_size (elements)."""
+PREFETCH_BUCKET_ELEMENTS = 50_000_000
+"""DeepSpeed's default stage3_prefetch_bucket_size (elements)."""
+
+
+def deepspeed_buffer_bytes(
+    zero_stage: int,
+    precision: str,
+    *,
+    reduce_bucket: int = REDUCE_BUCKET_ELEMENTS,
+    prefetch_bucket: int = PREFETCH_BUCKET_ELEMENTS,
+) -> float:
+    """Bytes of the buckets DeepSpeed allocates whole on the GPU whatever the model's size.
+
+    With contiguous_gradients (its default) ZeRO 1-3 reduce gradients through a bucket of
+    reduce_bucket_size elements: fp32 under ZeRO 1 (its accumulator), the training precision
+    under ZeRO 2 and 3; ZeRO 3 also gathers up to stage3_prefetch_bucket_size parameters ahead
+    of the layer that needs them. At the defaults that is 1.9 GiB (ZeRO 1), 0.9 GiB (ZeRO 2,
+    bf16), 1.0 GiB (ZeRO 3, bf16): a DeepSpeed JSON that lowers them (HF's "auto" sets
+    hidden_size squared) lowers this term.
+    """
+    if zero_stage == 0:
+        return 0.0
+    w = 4.0 if precision == "fp32" else 2.0
+    if zero_stage == 1:
+        return 4.0 * reduce_bucket
+    if zero_stage == 2:
+        return w * reduce_bucket
+    return w * (reduce_bucket + prefetch_bucket)
 
 
 def activation_elements_per_token(config: Any, family: str, seq_len: int) -> float:
@@ -236,9 +270,12 @@ def memory_rows(
         gpu, cpu = model_state_bytes(
             params, zero_stage=stage, world=world, precision=precision, offload=offload
         )
-        total = (gpu + activations) / GIB
+        buffers = deepspeed_buffer_bytes(stage, precision)
+        total = (gpu + activations + buffers) / GIB
         fits = None if gpu_gib is None else total <= USABLE_MEMORY * gpu_gib
-        rows.append(MemoryRow(stage, offload, gpu / GIB, activations / GIB, cpu / GIB, fits))
+        rows.append(
+            MemoryRow(stage, offload, gpu / GIB, activations / GIB, cpu / GIB, fits, buffers / GIB)
+        )
     return rows
 
 
@@ -518,8 +555,9 @@ def format_plan(plan: Plan) -> str:
         f"{plan.precision}, micro-batch {plan.micro_batch_size} x {plan.seq_len}"
         + (", activation checkpointing" if plan.activation_checkpointing else ""),
         "",
-        "| ZeRO | offload | states GiB | activations GiB | total GiB | CPU GiB/process | fits |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| ZeRO | offload | states GiB | activations GiB | DeepSpeed buffers GiB | total GiB "
+        "| CPU GiB/process | fits |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in plan.memory:
         fits = "?" if row.fits is None else ("yes" if row.fits else "no")
@@ -530,10 +568,12 @@ def format_plan(plan: Plan) -> str:
         )
         lines.append(
             f"| {row.zero_stage}{mark} | {row.offload} | {_gib(row.states_gib)} | "
-            f"{_gib(row.activations_gib)} | {_gib(row.total_gib)} | {_gib(row.cpu_gib)} | {fits} |"
+            f"{_gib(row.activations_gib)} | {_gib(row.buffers_gib)} | {_gib(row.total_gib)} | "
+            f"{_gib(row.cpu_gib)} | {fits} |"
         )
     lines.append(
         f"\nfits: total at most {USABLE_MEMORY:.0%} of the GPU's memory; states: weights, "
-        "gradients, AdamW (16 bytes per parameter before sharding)"
+        "gradients, AdamW (16 bytes per parameter before sharding); DeepSpeed buffers: its "
+        "reduce and prefetch buckets at their default sizes"
     )
     return "\n".join(lines)

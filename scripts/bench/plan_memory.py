@@ -10,7 +10,8 @@
    hidden-64 model (imports, process group, data: everything that does not grow with the
    model), against the plan's estimate for the model less its estimate for the small one. On
    the CPU, offloaded memory is host memory as well, so the plan's figure compared is GPU +
-   CPU per process. Linux only (/proc).
+   CPU per process. DeepSpeed's reduce and prefetch buckets count as far as they are
+   written (see planned_gib). Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -162,8 +163,17 @@ def measured_peak_gib(recipe: Path, out: Path, nproc: int) -> float:
 
 
 def planned_gib(recipe_path: Path, nproc: int, offloaded: bool) -> float:
+    """The plan's figure for the recipe's configuration, with DeepSpeed's buckets counted as
+    far as gradients and parameters fill them: the pages of a CPU tensor count in RSS only once
+    written, while a GPU holds the whole bucket from its allocation."""
     from llmtrain.recipe import load_recipe
-    from llmtrain.train.plan import make_plan
+    from llmtrain.train.plan import (
+        GIB,
+        PREFETCH_BUCKET_ELEMENTS,
+        REDUCE_BUCKET_ELEMENTS,
+        deepspeed_buffer_bytes,
+        make_plan,
+    )
 
     recipe = load_recipe(recipe_path)
     plan = make_plan(recipe, gpus=nproc)
@@ -173,7 +183,14 @@ def planned_gib(recipe_path: Path, nproc: int, offloaded: bool) -> float:
     if ds and ds.offload_optimizer:
         offload = "optimizer+params" if ds.offload_params else "optimizer"
     row = next(r for r in plan.memory if r.zero_stage == stage and r.offload == offload)
-    return row.total_gib + (row.cpu_gib if offloaded else 0.0)
+    written = deepspeed_buffer_bytes(
+        stage,
+        "fp32",
+        reduce_bucket=min(plan.params_total, REDUCE_BUCKET_ELEMENTS),
+        prefetch_bucket=min(plan.params_total, PREFETCH_BUCKET_ELEMENTS),
+    )
+    planned = row.total_gib - row.buffers_gib + written / GIB
+    return planned + (row.cpu_gib if offloaded else 0.0)
 
 
 def main() -> None:

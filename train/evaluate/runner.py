@@ -16,7 +16,7 @@ from typing import Any
 
 from llmtrain.atomic import atomic_write_json, atomic_write_text
 from llmtrain.errors import StageInputError
-from llmtrain.recipe import Recipe
+from llmtrain.recipe import STAGES, Recipe
 from llmtrain.runtime import seed_everything
 from llmtrain.train.evaluate.config import CAUSAL_LM_STAGES, EvalSection
 from llmtrain.train.evaluate.generation import DecodingSection, load_causal_lm
@@ -206,9 +206,15 @@ def _write_samples(path: Path, samples: list[dict]) -> None:
 
 
 def write_table(out_dir: Path) -> str:
-    """results.md: one row per evaluated model, one column per metric."""
+    """results.md: one row per evaluated model (pipeline stages in their order, then other
+    models by name), one column per metric."""
+
+    def order(path: Path) -> tuple[int, str]:
+        stem = path.stem
+        return (STAGES.index(stem) if stem in STAGES else len(STAGES), stem)
+
     rows = []
-    for path in sorted(out_dir.glob("*.json")):
+    for path in sorted(out_dir.glob("*.json"), key=order):
         data = json.loads(path.read_text())
         if "tasks" not in data:
             continue
