@@ -83,6 +83,22 @@ def build_deepspeed_config(
     return _merge(theirs, ours)
 
 
+def refuse_keys_built_here(
+    config: dict[str, Any], section: DeepSpeedSection, where: str, builder: str,
+    built: dict[str, str],
+) -> None:  # fmt: skip
+    """A DeepSpeed JSON may not set what the stage builds itself; `built` maps each such key
+    ("optimizer", "scheduler") to the recipe keys it is built from."""
+    clashes = [key for key in built if key in config]
+    if clashes:
+        keys = " and ".join(clashes)
+        raise RecipeError(
+            f"{where}.deepspeed.config ({section.config}) sets {keys}, which {builder} builds "
+            f"itself ({'; '.join(built[key] for key in clashes)}); remove {keys} from the JSON "
+            f"and set {'it' if len(clashes) == 1 else 'them'} in the recipe"
+        )
+
+
 def _read_json(path: Any, where: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

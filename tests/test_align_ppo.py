@@ -179,8 +179,13 @@ def test_ppo_bad_input(rl_policy, tmp_path):
     path = rl_recipe(
         tmp_path, "ppo", rl_policy, deepspeed={"zero_stage": 2, "config": str(ds_json)}
     )
-    with pytest.raises(RecipeError, match=r"ppo.deepspeed.config: .*ds.json sets 'optimizer'"):
+    with pytest.raises(RecipeError) as error:
         run_ppo(load_recipe(path), run_args())
+    assert str(error.value) == (
+        f"ppo.deepspeed.config ({ds_json}) sets optimizer, which PPO builds itself (AdamW over "
+        "the policy and the value model from ppo.lr and value_lr); remove optimizer from the "
+        "JSON and set it in the recipe"
+    )
     with pytest.raises(RecipeError, match=r"lora: PPO trains every weight"):
         load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, lora={"r": 4}))
     with pytest.raises(RecipeError, match=r"rollout_batch_size 20 is not a multiple of"):

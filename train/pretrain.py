@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from llmtrain.errors import RecipeError, RunDirError, StageInputError, TrainingError
+from llmtrain.errors import RunDirError, StageInputError, TrainingError
 from llmtrain.rundir import RunDir
 from llmtrain.runtime import dist_env, seed_everything
 from llmtrain.tracking import Tracker
@@ -207,7 +207,7 @@ def check_precision(section: Any) -> None:
 
 def deepspeed_config(section: Any, plan: Plan) -> dict[str, Any] | None:
     """The DeepSpeed config, or None for plain DDP (no section, or zero_stage 0)."""
-    from llmtrain.distributed import build_deepspeed_config
+    from llmtrain.distributed import build_deepspeed_config, refuse_keys_built_here
 
     if section.deepspeed is None:
         return None
@@ -223,20 +223,17 @@ def deepspeed_config(section: Any, plan: Plan) -> dict[str, Any] | None:
     if config["zero_optimization"]["stage"] == 0:
         log.info("pretrain.deepspeed: zero_stage 0 is plain data parallelism; running it as DDP")
         return None
-    taken = {
-        "optimizer": "AdamW from pretrain.lr, beta1, beta2, eps and weight_decay",
-        "scheduler": "the schedule from pretrain.schedule, warmup_steps, min_lr_ratio and "
-        "decay_steps",
-    }
-    clashes = [key for key in taken if key in config]
-    if clashes:
-        raise RecipeError(
-            f"pretrain.deepspeed.config ({section.deepspeed.config}) sets "
-            + " and ".join(clashes)
-            + ", which pretraining builds itself ("
-            + "; ".join(taken[key] for key in clashes)
-            + f"); remove {' and '.join(clashes)} from the JSON and set them in the recipe"
-        )
+    refuse_keys_built_here(
+        config,
+        section.deepspeed,
+        "pretrain",
+        "pretraining",
+        {
+            "optimizer": "AdamW from pretrain.lr, beta1, beta2, eps and weight_decay",
+            "scheduler": "the schedule from pretrain.schedule, warmup_steps, min_lr_ratio and "
+            "decay_steps",
+        },
+    )
     return config
 
 

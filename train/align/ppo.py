@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmtrain.distributed import build_deepspeed_config
+from llmtrain.distributed import build_deepspeed_config, refuse_keys_built_here
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.train import checkpoint as ckpt
 from llmtrain.train.align.chat_data import load_examples
@@ -373,13 +373,17 @@ class PPOTrainer:
             grad_clip=section.grad_clip,
             where="ppo",
         )
-        for key in ("optimizer", "scheduler"):
-            if key in config:
-                raise RecipeError(
-                    f"ppo.deepspeed.config: {section.deepspeed.config} sets {key!r}; PPO builds "
-                    "AdamW over the policy and the value model (lr, value_lr) and the schedule "
-                    f"from the ppo keys: remove {key!r} from the JSON"
-                )
+        refuse_keys_built_here(
+            config,
+            section.deepspeed,
+            "ppo",
+            "PPO",
+            {
+                "optimizer": "AdamW over the policy and the value model from ppo.lr and value_lr",
+                "scheduler": "the schedule from ppo.schedule, warmup_steps or warmup_ratio and "
+                "min_lr_ratio",
+            },
+        )
         return config
 
     def _check_batches(self) -> None:
