@@ -141,6 +141,8 @@ def test_plan_bad_input(write_recipe):
         )
     with pytest.raises(RecipeError, match=r"plan --mfu: expected a share in \(0, 1\], got 40"):
         make_plan(tiny_recipe("llama-tiny"), mfu=40)
+    with pytest.raises(RecipeError, match=r"^plan --gpus: expected at least 1, got 0$"):
+        make_plan(tiny_recipe("llama-tiny"), gpus=0)
 
 
 REAL_RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name != "tiny.yaml")
