@@ -23,6 +23,7 @@ STAGE_COMMANDS: tuple[str, ...] = (
     "llmtrain.train.cli",
     "llmtrain.train.align.cli",
     "llmtrain.train.evaluate.cli",
+    "llmtrain.train.export.cli",
 )
 """Modules with a `register(subparsers)` function, in the order their commands are listed."""
 

@@ -1,0 +1,1 @@
+"""llmtrain.train.export: model directories for other runtimes (GGUF for llama.cpp)."""
