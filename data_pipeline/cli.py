@@ -12,7 +12,20 @@ from __future__ import annotations
 
 import argparse
 
-from llmtrain.cli import add_recipe_arguments, load_recipe_from_args
+from llmtrain.cli import add_recipe_arguments, add_stage_argument, load_recipe_from_args
+from llmtrain.data_pipeline.config import DataSection
+from llmtrain.stages import Stage
+
+STAGES = (
+    Stage(
+        name="data",
+        section=DataSection,
+        command=("data",),
+        reads={"tokenizer": "tokenizer"},
+        produces="data",
+        training=False,
+    ),
+)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -22,6 +35,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         parents=[common],
     )
     add_recipe_arguments(parser)
+    add_stage_argument(parser, "data")
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -58,10 +58,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stage_argument(parser: argparse.ArgumentParser, kind: str | None) -> None:
+    """--stage NAME, for the commands of stage kinds: run the instance NAME (declared under the
+    recipe's `stages:`) instead of the kind's own section."""
+    parser.add_argument(
+        "--stage",
+        metavar="NAME",
+        help="run the stage NAME of the recipe's `stages:` (default: the command's own section)",
+    )
+    parser.set_defaults(stage_kind=kind)
+
+
 def load_recipe_from_args(args: argparse.Namespace):  # -> Recipe (import kept lazy)
+    """The recipe of the command; with --stage, as that stage sees it (Recipe.for_stage)."""
     from llmtrain.recipe import load_recipe
 
-    return load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides)
+    name = getattr(args, "stage", None)
+    if name is None:
+        return recipe
+    kind = recipe.stage_kind(name)
+    if kind.name != args.stage_kind:
+        from llmtrain.errors import RecipeError
+
+        raise RecipeError(
+            f"--stage {name}: that is a {kind.name} stage, not {args.stage_kind}; run it with "
+            f"`{kind.shell_command(name)}`"
+        )
+    return recipe.for_stage(name)
 
 
 def _debug_flag(parser: argparse.ArgumentParser, default: object) -> None:
@@ -106,24 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
     run.set_defaults(func=_run_pipeline)
-
-    plan = commands.add_parser(
-        "plan",
-        help="parameters, FLOPs, tokens, predicted loss, memory per GPU (ZeRO 0-3), wall time",
-        parents=[common],
-    )
-    add_recipe_arguments(plan)
-    plan.add_argument("--gpus", type=int, default=8, help="GPUs in data parallel (default 8)")
-    plan.add_argument(
-        "--gpu", default="H100", help="GPU name for its memory and peak FLOP/s (default H100)"
-    )
-    plan.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of one GPU")
-    plan.add_argument("--peak-tflops", type=float, help="peak TFLOP/s of one GPU")
-    plan.add_argument(
-        "--mfu", type=float, default=0.4, help="model FLOPs utilisation for the wall time"
-    )
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.set_defaults(func=_plan)
 
     report = commands.add_parser(
         "report",
@@ -178,20 +184,6 @@ def _run_pipeline(args: argparse.Namespace) -> None:
         print(f"report: {build_report(recipe.output_dir)}")
 
 
-def _plan(args: argparse.Namespace) -> None:
-    from llmtrain.train.plan import format_plan, make_plan
-
-    plan = make_plan(
-        load_recipe_from_args(args),
-        gpus=args.gpus,
-        gpu=args.gpu,
-        gpu_memory=args.gpu_memory,
-        mfu=args.mfu,
-        peak_tflops=args.peak_tflops,
-    )
-    print(plan.to_json() if args.json else format_plan(plan))
-
-
 def _report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -209,9 +201,10 @@ def _config_check(args: argparse.Namespace) -> None:
 
     recipe = load_recipe_from_args(args)
     sections = [name for name, value in recipe if isinstance(value, BaseModel)]
+    instances = recipe.instance_names()
     if not args.skip_inputs:
-        recipe.check_inputs(*sections)
-    print(f"ok: {args.recipe} ({', '.join(sections)})")
+        recipe.check_inputs(*sections, *instances)
+    print(f"ok: {args.recipe} ({', '.join([*sections, *instances])})")
 
 
 def _config_schema(args: argparse.Namespace) -> None:

@@ -27,32 +27,12 @@ from pathlib import Path
 
 from llmtrain.atomic import atomic_write_json
 from llmtrain.errors import LLMTrainError, RecipeError
-from llmtrain.recipe import STAGES, Recipe
+from llmtrain.recipe import Recipe
 from llmtrain.rundir import RunDir
-from llmtrain.train.evaluate.config import CAUSAL_LM_STAGES
 
 log = logging.getLogger(__name__)
 
 MARKER = ".pipeline.json"
-TRAINING_STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")
-ALIGN_METHODS = ("sft", "rm", "dpo", "ppo", "grpo")
-
-READS_FROM: dict[str, tuple[str, ...]] = {
-    "tokenizer": (),
-    "data": ("tokenizer",),
-    "pretrain": ("data",),
-    "sft": ("pretrain",),
-    "rm": ("sft",),
-    "dpo": ("sft",),
-    "ppo": ("sft", "rm"),
-    "grpo": ("sft", "rm"),
-    "eval": (),
-}
-"""The stages whose outputs a stage reads by default (when the recipe does not point it
-elsewhere); a change upstream reruns the stage."""
-
-EXTRA_SECTIONS = {"pretrain": ("model",)}
-"""Recipe sections besides its own that shape a stage's output."""
 
 
 class PipelineError(LLMTrainError):
@@ -66,36 +46,37 @@ class StagePlan:
     reason: str
 
 
-def upstream(stage: str) -> list[str]:
-    """Every stage `stage` reads from, directly or not, in pipeline order."""
+def upstream(recipe: Recipe, stage: str) -> list[str]:
+    """Every stage of the recipe that `stage` reads from, directly or not, in run order."""
+    present = recipe.stage_names()
     seen: set[str] = set()
-    todo = list(READS_FROM[stage])
+    todo = list(recipe.stage_inputs(stage).values())
     while todo:
         current = todo.pop()
-        if current not in seen:
+        if current not in seen and current in present:
             seen.add(current)
-            todo.extend(READS_FROM[current])
-    return [s for s in STAGES if s in seen]
+            todo.extend(recipe.stage_inputs(current).values())
+    return [s for s in present if s in seen]
 
 
 def stage_fingerprint(recipe: Recipe, stage: str) -> str:
-    sections = [s for s in (*upstream(stage), stage) if getattr(recipe, s, None) is not None]
-    for s in list(sections):
-        sections.extend(
-            e for e in EXTRA_SECTIONS.get(s, ()) if getattr(recipe, e, None) is not None
+    """What shaped a stage's output: its settings, those of every stage it reads from (and the
+    sections those kinds bring, like pretrain's model), and the seed."""
+    names: list[str] = []
+    for name in (*upstream(recipe, stage), stage):
+        names.append(name)
+        names.extend(
+            extra
+            for extra in recipe.stage_kind(name).extra_sections
+            if getattr(recipe, extra, None) is not None
         )
-    return recipe.fingerprint("seed", *dict.fromkeys(sections))
-
-
-def stages_in_recipe(recipe: Recipe) -> list[str]:
-    return [s for s in STAGES if getattr(recipe, s, None) is not None]
+    return recipe.fingerprint("seed", *dict.fromkeys(names))
 
 
 def select_stages(recipe: Recipe, stages: Sequence[str] | None, start: str | None) -> list[str]:
     for name in [*(stages or []), *([start] if start else [])]:
-        if name not in STAGES:
-            raise RecipeError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
-    present = stages_in_recipe(recipe)
+        recipe.stage_kind(name)  # an unknown name is an error listing the stages
+    present = recipe.stage_names()
     if stages:
         missing = [s for s in stages if s not in present]
         if missing:
@@ -104,7 +85,7 @@ def select_stages(recipe: Recipe, stages: Sequence[str] | None, start: str | Non
                 f"{' and '.join(f'`{m}:`' for m in missing)} (see docs/recipes.md) or leave "
                 "those stages out of --stages"
             )
-        chosen = [s for s in STAGES if s in stages]
+        chosen = [s for s in present if s in stages]
     else:
         chosen = present
     if start:
@@ -125,14 +106,15 @@ def plan(recipe: Recipe, chosen: list[str], start: str | None = None) -> list[St
     plans: list[StagePlan] = []
     rerun: set[str] = set()
     for stage in chosen:
+        kind = recipe.stage_kind(stage)
         stage_dir = recipe.stage_dir(stage)
         marker = stage_dir / MARKER
-        if stage == "eval":
+        if kind.produces == "eval":
             plans.append(StagePlan(stage, "run", "evaluates every model"))
         elif stage == start:
             plans.append(StagePlan(stage, "rerun", "--from starts here"))
             rerun.add(stage)
-        elif any(u in rerun for u in upstream(stage)):
+        elif any(u in rerun for u in upstream(recipe, stage)):
             plans.append(StagePlan(stage, "rerun", "a stage it reads from runs again"))
             rerun.add(stage)
         elif marker.is_file():
@@ -142,9 +124,9 @@ def plan(recipe: Recipe, chosen: list[str], start: str | None = None) -> list[St
             else:
                 plans.append(StagePlan(stage, "rerun", "settings changed since it ran"))
                 rerun.add(stage)
-        elif stage in TRAINING_STAGES and RunDir(stage_dir).latest_checkpoint() is not None:
+        elif kind.training and RunDir(stage_dir).latest_checkpoint() is not None:
             plans.append(StagePlan(stage, "resume", "interrupted; resuming its latest checkpoint"))
-        elif stage == "data" and stage_dir.is_dir():
+        elif kind.produces == "data" and stage_dir.is_dir():
             plans.append(StagePlan(stage, "resume", "interrupted; finishing the build"))
         elif stage_dir.exists():
             plans.append(StagePlan(stage, "rerun", "left unfinished without a checkpoint"))
@@ -155,19 +137,24 @@ def plan(recipe: Recipe, chosen: list[str], start: str | None = None) -> list[St
 
 
 def stage_command(
-    recipe_path: str, overrides: Sequence[str], stage: str, action: str, nproc_per_node: int
+    recipe: Recipe,
+    recipe_path: str,
+    overrides: Sequence[str],
+    stage: str,
+    action: str,
+    nproc_per_node: int,
 ) -> list[str]:
     """The command line that runs one stage."""
+    kind = recipe.stage_kind(stage)
     sets = [arg for item in overrides for arg in ("--set", item)]
-    if stage in ALIGN_METHODS:
-        args = ["align", "--method", stage, recipe_path, *sets]
-    else:
-        args = [stage, recipe_path, *sets]
-    if action == "resume" and stage in TRAINING_STAGES:
+    args = [*kind.command, recipe_path, *sets]
+    if stage != kind.name:
+        args += ["--stage", stage]
+    if action == "resume" and kind.training:
         args.append("--resume")
     elif action == "rerun":
         args.append("--overwrite")
-    if stage in TRAINING_STAGES and nproc_per_node > 1:
+    if kind.training and nproc_per_node > 1:
         return [
             sys.executable,
             "-m",
@@ -198,29 +185,35 @@ def run_pipeline(
 ) -> list[StagePlan]:
     chosen = select_stages(recipe, stages, start)
     for stage in chosen:
-        if stage != "eval":
+        if recipe.stage_kind(stage).produces != "eval":
             recipe.check_inputs(stage)
     plans = plan(recipe, chosen, start)
+    width = max(9, *(len(item.stage) for item in plans))
     for item in plans:
-        print(f"{item.stage:>9}: {item.action:6} ({item.reason})", flush=True)
+        print(f"{item.stage:>{width}}: {item.action:6} ({item.reason})", flush=True)
     if dry_run:
         return plans
     evaluate_each = recipe.eval is not None and recipe.eval.after_each_stage
     for item in plans:
+        produces = recipe.stage_kind(item.stage).produces
         if item.action == "skip":
             continue
-        if item.stage == "eval" and evaluate_each:
+        if produces == "eval" and evaluate_each:
             continue  # every model was evaluated as its stage finished
         _run(
-            stage_command(recipe_path, overrides, item.stage, item.action, nproc_per_node),
+            stage_command(recipe, recipe_path, overrides, item.stage, item.action, nproc_per_node),
             item.stage,
         )
-        if item.stage != "eval":
+        if produces != "eval":
             atomic_write_json(
                 recipe.stage_dir(item.stage) / MARKER,
-                {"fingerprint": stage_fingerprint(recipe, item.stage), "finished": time.time()},
+                {
+                    "fingerprint": stage_fingerprint(recipe, item.stage),
+                    "kind": recipe.stage_kind(item.stage).name,
+                    "finished": time.time(),
+                },
             )
-        if evaluate_each and item.stage in CAUSAL_LM_STAGES:
+        if evaluate_each and produces == "causal_lm":
             _run(eval_command(recipe_path, overrides, item.stage), f"eval of {item.stage}")
     return plans
 

@@ -13,30 +13,54 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
+import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_serializer,
+    model_validator,
+)
 
-from llmtrain.data_pipeline.config import DataSection
 from llmtrain.errors import RecipeError
 from llmtrain.schema import OutputPath, Section, SourcedStr, missing_inputs, tag_strings
-from llmtrain.tokenizer.config import TokenizerSection
+from llmtrain.stages import Stage, registry
 from llmtrain.tracking import LoggingSection
-from llmtrain.train.align.config import DPOSection, RMSection, SFTSection
-from llmtrain.train.align.rl_config import GRPOSection, PPOSection
-from llmtrain.train.config import ModelSection, PretrainSection
-from llmtrain.train.evaluate.config import EvalSection
 
-STAGES = ("tokenizer", "data", "pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval")
-"""Every pipeline stage, in the order `llmtrain run` runs them; each writes <output_dir>/<stage>/."""
+INSTANCE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+INSTANCE_KEYS = ("kind", "inputs")
+"""Keys of a `stages:` entry that are not its kind's section keys."""
 
 
-class Recipe(Section):
-    """A whole pipeline. Each command reads the sections it needs; absent sections are None."""
+@dataclass(frozen=True)
+class StageInstance:
+    """A further stage of a registered kind, declared under the recipe's `stages:`."""
+
+    name: str
+    kind: Stage
+    section: Any
+    inputs: dict[str, str]
+    """Input role -> stage name, as written (roles left out read the kind's defaults)."""
+
+
+class RecipeBase(Section):
+    """A whole pipeline. Each command reads the sections it needs; absent sections are None.
+
+    One optional section per registered stage kind (`llmtrain.stages.registry()`), under the
+    kind's name, plus further instances of a kind under `stages:`:
+
+        stages:
+          sft_math: {kind: sft, inputs: {model: sft}, data: [{path: math.jsonl}]}
+    """
 
     name: str
     """Name of the pipeline; used for run names in trackers."""
@@ -45,27 +69,118 @@ class Recipe(Section):
     seed: int = 1234
     """Seed for every random choice (sampling, shuffling, initialisation, masking)."""
     logging: LoggingSection = LoggingSection()
-    tokenizer: TokenizerSection | None = None
-    data: DataSection | None = None
-    model: ModelSection | None = None
-    pretrain: PretrainSection | None = None
-    sft: SFTSection | None = None
-    rm: RMSection | None = None
-    dpo: DPOSection | None = None
-    ppo: PPOSection | None = None
-    grpo: GRPOSection | None = None
-    eval: EvalSection | None = None
 
     _source: Path | None = PrivateAttr(default=None)
+    _instances: dict[str, StageInstance] = PrivateAttr(default_factory=dict)
+    _view: tuple[str, str] | None = PrivateAttr(default=None)
+    """(kind, instance name) when this recipe is `for_stage(instance)`."""
+
+    @model_validator(mode="after")
+    def _validate_instances(self) -> RecipeBase:
+        self._instances = {
+            name: _validate_instance(self, name, body) for name, body in self.stages.items()
+        }
+        for name in self._instances:
+            _check_acyclic(self, name, ())
+        return self
+
+    @field_serializer("stages", check_fields=False)
+    def _dump_instances(self, stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, instance in self._instances.items():
+            out[name] = {
+                "kind": instance.kind.name,
+                "inputs": dict(instance.inputs),
+                **instance.section.model_dump(mode="json"),
+            }
+        return out
 
     @property
     def source(self) -> Path | None:
         """The recipe file this was loaded from (None when built in code)."""
         return self._source
 
+    # -- stages --------------------------------------------------------------------------------
+
+    def stage_names(self) -> list[str]:
+        """Every stage the recipe has (sections and instances), in the order they run: the
+        registry's order, each instance right after its kind, never before what it reads."""
+        kinds = list(registry())
+        present = [k for k in kinds if getattr(self, k, None) is not None]
+        present += list(self._instances)
+        rank = {
+            name: (kinds.index(self.stage_kind(name).name), i) for i, name in enumerate(present)
+        }
+        order: list[str] = []
+        waiting = sorted(present, key=rank.__getitem__)
+        while waiting:
+            ready = next(
+                n
+                for n in waiting
+                if all(u in order or u not in present for u in self.stage_inputs(n).values())
+            )
+            order.append(ready)
+            waiting.remove(ready)
+        return order
+
+    def stage_kind(self, name: str) -> Stage:
+        """The kind of a stage name (a kind's own section or an instance)."""
+        if name in self._instances:
+            return self._instances[name].kind
+        kinds = registry()
+        if name in kinds:
+            return kinds[name]
+        raise RecipeError(f"unknown stage {name!r}; stages are: {', '.join(self.known_stages())}")
+
+    def known_stages(self) -> list[str]:
+        return [*registry(), *self._instances]
+
+    def instance_names(self) -> list[str]:
+        """The names declared under `stages:`, in recipe order."""
+        return list(self._instances)
+
+    def stage_section(self, name: str) -> Any:
+        """The settings of a stage (None when the recipe has no such section)."""
+        if name in self._instances:
+            return self._instances[name].section
+        return getattr(self, self.stage_kind(name).name)
+
+    def stage_inputs(self, name: str) -> dict[str, str]:
+        """Input role -> the stage it reads (defaults filled in; optional roles left out)."""
+        kind = self.stage_kind(name)
+        given = self._instances[name].inputs if name in self._instances else {}
+        reads = {role: stage for role, stage in kind.reads.items() if stage is not None}
+        return {**reads, **given}
+
+    def input_stage(self, kind: str, role: str) -> str | None:
+        """The stage a stage of `kind` reads for `role` (in `for_stage(name)`, the instance's
+        input), or None for an optional role that is not given."""
+        name = self._view[1] if self._view and self._view[0] == kind else kind
+        return self.stage_inputs(name).get(role)
+
+    def input_dir(self, kind: str, role: str) -> Path | None:
+        """The output directory of `input_stage(kind, role)`."""
+        stage = self.input_stage(kind, role)
+        return None if stage is None else self.output_dir / stage
+
+    def for_stage(self, name: str) -> Recipe:
+        """This recipe as the stage `name` sees it: for an instance, its kind's section is the
+        instance's settings and its kind's directory is the instance's."""
+        if name not in self._instances:
+            self.stage_kind(name)  # an unknown name is an error
+            return self  # type: ignore[return-value]
+        instance = self._instances[name]
+        view = self.model_copy(update={instance.kind.name: instance.section})
+        view._source = self._source
+        view._instances = self._instances
+        view._view = (instance.kind.name, name)
+        return view  # type: ignore[return-value]
+
     def stage_dir(self, stage: str) -> Path:
-        """The directory a stage writes: <output_dir>/<stage>."""
-        if stage not in STAGES:
+        """The directory a stage writes: <output_dir>/<stage> (in a view, the instance's)."""
+        if self._view and stage == self._view[0]:
+            return self.output_dir / self._view[1]
+        if stage not in registry() and stage not in self._instances:
             raise ValueError(f"unknown stage {stage!r}")
         return self.output_dir / stage
 
@@ -81,9 +196,13 @@ class Recipe(Section):
         return value
 
     def check_inputs(self, *sections: str) -> None:
-        """Raise a RecipeError listing every input file of these sections that does not exist."""
+        """Raise a RecipeError listing every input file of these sections (or stage instances)
+        that does not exist."""
         problems = []
         for name in sections:
+            if name in self._instances:
+                problems.extend(missing_inputs(self._instances[name].section, f"stages.{name}"))
+                continue
             value = getattr(self, name)
             if isinstance(value, BaseModel):
                 problems.extend(missing_inputs(value, name))
@@ -100,11 +219,99 @@ class Recipe(Section):
         return dump_yaml(self.model_dump(mode="json"))
 
     def fingerprint(self, *sections: str) -> str:
-        """sha256 of the resolved settings of the named sections (all when none named)."""
+        """sha256 of the resolved settings of the named sections or stage instances (all when
+        none named)."""
         data = self.model_dump(mode="json")
         if sections:
-            data = {name: data[name] for name in sections}
+            data = {
+                name: data["stages"][name] if name in self._instances else data[name]
+                for name in sections
+            }
         return hashlib.sha256(dump_yaml(data).encode()).hexdigest()
+
+
+def _validate_instance(recipe: RecipeBase, name: str, body: Any) -> StageInstance:
+    where = f"stages.{name}"
+    kinds = registry()
+    if not INSTANCE_NAME.fullmatch(name) or name in type(recipe).model_fields:
+        taken = " (that name is taken by a section)" if name in type(recipe).model_fields else ""
+        raise ValueError(
+            f"{where}: a stage name is lower-case letters, digits and _, not a section's name"
+            f"{taken}; e.g. {next(iter(kinds))}_2"
+        )
+    if not isinstance(body, dict) or "kind" not in body:
+        raise ValueError(f"{where}: expected a mapping with `kind:` (one of {', '.join(kinds)})")
+    kind_name = str(body["kind"])
+    repeatable = [k for k, stage in kinds.items() if stage.repeatable]
+    if kind_name not in repeatable:
+        raise ValueError(
+            f"{where}.kind: expected one of {', '.join(repeatable)}, got {kind_name!r}"
+        )
+    kind = kinds[kind_name]
+    inputs = body.get("inputs") or {}
+    if not isinstance(inputs, dict):
+        raise ValueError(f"{where}.inputs: expected a mapping of role to stage name")
+    for role, stage in inputs.items():
+        if role not in kind.reads:
+            roles = ", ".join(kind.reads) or "none"
+            raise ValueError(
+                f"{where}.inputs.{role}: {kind_name} reads no {role!r} (roles: {roles})"
+            )
+        _check_input(recipe, where, kind, str(role), str(stage))
+    settings = {key: value for key, value in body.items() if key not in INSTANCE_KEYS}
+    try:
+        section = kind.section.model_validate(settings)
+    except ValidationError as exc:
+        problems = [f"{where}.{format_error(err, kind.section)}" for err in exc.errors()]
+        raise ValueError("; ".join(problems)) from None
+    return StageInstance(name, kind, section, {str(r): str(s) for r, s in inputs.items()})
+
+
+def _check_input(recipe: RecipeBase, where: str, kind: Stage, role: str, stage: str) -> None:
+    kinds = registry()
+    declared = recipe.stages.get(stage)
+    if isinstance(declared, dict) and str(declared.get("kind")) in kinds:
+        produces = kinds[str(declared["kind"])].produces
+    elif stage in kinds and getattr(recipe, stage, None) is not None:
+        produces = kinds[stage].produces
+    else:
+        raise ValueError(
+            f"{where}.inputs.{role}: no stage {stage!r} in this recipe; name a section or an "
+            "entry of `stages:`"
+        )
+    default = kind.reads[role]
+    wanted = kinds[default].produces if default else None
+    if wanted and produces != wanted:
+        raise ValueError(
+            f"{where}.inputs.{role}: {stage!r} writes {produces}, but {role} needs {wanted}"
+        )
+
+
+def _check_acyclic(recipe: RecipeBase, name: str, chain: tuple[str, ...]) -> None:
+    if name in chain:
+        raise ValueError(f"stages: {' -> '.join((*chain, name))} read from each other in a cycle")
+    if name in recipe._instances:
+        for stage in recipe._instances[name].inputs.values():
+            _check_acyclic(recipe, stage, (*chain, name))
+
+
+def _recipe_class() -> type[RecipeBase]:
+    """RecipeBase with one optional section per registered stage kind (and the sections the
+    kinds bring: pretrain's `model`)."""
+    fields: dict[str, Any] = {}
+    for stage in registry().values():
+        for name, section in {**stage.extra_sections, stage.name: stage.section}.items():
+            fields[name] = (section | None, None)
+    stages = Field(
+        default={},
+        description="Further stages: name -> {kind: a stage kind, inputs: {role: stage name}, "
+        "and the keys of that kind's section}. Each runs after the stages it reads from.",
+    )
+    fields["stages"] = (dict[str, dict[str, Any]], stages)
+    return create_model("Recipe", __base__=RecipeBase, __module__=__name__, **fields)
+
+
+Recipe = _recipe_class()
 
 
 def dump_yaml(data: Any) -> str:

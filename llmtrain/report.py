@@ -2,7 +2,9 @@
 
 DIR is a recipe's output_dir. The report reads what the stages wrote (tokenizer/report.json,
 data/report.md, <stage>/metrics.jsonl, eval/results.md) and writes DIR/report/report.md with a
-PNG of the curves of every training stage. Stages that have not run are left out.
+PNG of the curves of every training stage. Stages that have not run are left out. A directory
+is taken as the stage kind of its name, else the kind its `llmtrain run` marker records
+(stage instances), in the registry's order; the kind's `curves` are drawn first.
 """
 
 from __future__ import annotations
@@ -14,19 +16,10 @@ from typing import Any
 
 from llmtrain.atomic import atomic_write_text
 from llmtrain.errors import StageInputError
+from llmtrain.pipeline import MARKER
 from llmtrain.rundir import read_metrics
+from llmtrain.stages import Stage, registry
 
-TRAINING_STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")
-
-# the curves drawn first for each stage, when it logs them; every other numeric metric follows
-HEADLINE = {
-    "pretrain": ("loss", "val_loss"),
-    "sft": ("loss", "eval_loss"),
-    "rm": ("loss", "eval_accuracy", "accuracy"),
-    "dpo": ("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"),
-    "ppo": ("reward/mean", "eval/reward_mean", "kl", "policy_loss", "value_loss", "entropy"),
-    "grpo": ("reward", "reward_std", "reward_group_zero_std_share", "kl", "loss", "entropy"),
-}
 SKIPPED = {"step", "epoch", "time", "elapsed"}
 
 
@@ -37,17 +30,39 @@ def build_report(root: Path) -> Path:
     out_dir = root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [f"# Pipeline report: {root.name}\n"]
-    sections.append(_tokenizer_section(root / "tokenizer"))
-    sections.append(_data_section(root / "data"))
-    for stage in TRAINING_STAGES:
-        sections.append(_training_section(root / stage, stage, out_dir))
-    sections.append(_eval_section(root / "eval"))
+    for name, kind in _stage_dirs(root):
+        produces = kind.produces if kind else None
+        if produces == "tokenizer":
+            sections.append(_tokenizer_section(root / name))
+        elif produces == "data":
+            sections.append(_data_section(root / name, name))
+        elif produces == "eval":
+            sections.append(_eval_section(root / name))
+        else:
+            sections.append(_training_section(root / name, name, kind, out_dir))
     body = "\n".join(s for s in sections if s)
     if body.count("\n## ") == 0:
         raise StageInputError(f"report: nothing to report in {root}: no stage has run there yet")
     path = out_dir / "report.md"
     atomic_write_text(path, body)
     return path
+
+
+def _stage_dirs(root: Path) -> list[tuple[str, Stage | None]]:
+    """(directory name, its stage kind or None), kinds in registry order, then by name."""
+    kinds = registry()
+    found = []
+    for path in root.iterdir():
+        if not path.is_dir() or path.name == "report":
+            continue
+        kind = kinds.get(path.name)
+        marker = path / MARKER
+        if kind is None and marker.is_file():
+            kind = kinds.get(json.loads(marker.read_text()).get("kind", ""))
+        found.append((path.name, kind))
+    order = list(kinds)
+    found.sort(key=lambda item: (order.index(item[1].name) if item[1] else len(order), item[0]))
+    return found
 
 
 def _tokenizer_section(path: Path) -> str:
@@ -80,17 +95,18 @@ def _tokenizer_section(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _data_section(path: Path) -> str:
+def _data_section(path: Path, name: str) -> str:
     report = path / "report.md"
     if not report.is_file():
         return ""
     text = report.read_text().strip()
     # demote the data report's own headings under ours
     text = "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())
-    return f"## Data mixture\n\n{text}\n"
+    title = "Data mixture" if name == "data" else f"Data mixture: {name}"
+    return f"## {title}\n\n{text}\n"
 
 
-def _training_section(path: Path, stage: str, out_dir: Path) -> str:
+def _training_section(path: Path, stage: str, kind: Stage | None, out_dir: Path) -> str:
     metrics_path = path / "metrics.jsonl"
     if not metrics_path.is_file():
         return ""
@@ -98,7 +114,7 @@ def _training_section(path: Path, stage: str, out_dir: Path) -> str:
     if not records:
         return ""
     series = _numeric_series(records)
-    order = [k for k in HEADLINE.get(stage, ()) if k in series]
+    order = [k for k in (kind.curves if kind else ()) if k in series]
     order += sorted(k for k in series if k not in order)
     lines = [f"## {stage}\n", f"{len(records)} logged steps, last step {records[-1]['step']}.\n"]
     plotted = [k for k in order if len(series[k]) >= 2][:12]

@@ -14,6 +14,19 @@ import argparse
 
 from llmtrain.cli import add_recipe_arguments, load_recipe_from_args
 from llmtrain.errors import RecipeError
+from llmtrain.stages import Stage
+from llmtrain.tokenizer.config import TokenizerSection
+
+STAGES = (
+    Stage(
+        name="tokenizer",
+        section=TokenizerSection,
+        command=("tokenizer",),
+        produces="tokenizer",
+        training=False,
+        repeatable=False,
+    ),
+)
 
 USAGE = """llmtrain tokenizer RECIPE [--set KEY=VALUE ...] [--overwrite]
        llmtrain tokenizer eval DIR [DIR ...] --corpus PATH [PATH ...] [--text-field F]

@@ -2,3 +2,6 @@
 
 Keep this file free of heavy imports: the CLI imports the package to register its commands.
 """
+
+PUBLIC_MODULES = ("config",)
+"""What other stage packages may import: the recipe sections (tests/test_stages.py checks)."""

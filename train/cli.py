@@ -10,7 +10,25 @@ from __future__ import annotations
 
 import argparse
 
-from llmtrain.cli import add_recipe_arguments, add_run_arguments, load_recipe_from_args
+from llmtrain.cli import (
+    add_recipe_arguments,
+    add_run_arguments,
+    add_stage_argument,
+    load_recipe_from_args,
+)
+from llmtrain.stages import Stage
+from llmtrain.train.config import ModelSection, PretrainSection
+
+STAGES = (
+    Stage(
+        name="pretrain",
+        section=PretrainSection,
+        command=("pretrain",),
+        reads={"data": "data", "model": None},
+        extra_sections={"model": ModelSection},
+        curves=("loss", "val_loss"),
+    ),
+)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,8 +39,27 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         parents=[common],
     )
     add_recipe_arguments(parser)
+    add_stage_argument(parser, "pretrain")
     add_run_arguments(parser)
     parser.set_defaults(func=_run)
+
+    plan = commands.add_parser(
+        "plan",
+        help="parameters, FLOPs, tokens, predicted loss, memory per GPU (ZeRO 0-3), wall time",
+        parents=[common],
+    )
+    add_recipe_arguments(plan)
+    plan.add_argument("--gpus", type=int, default=8, help="GPUs in data parallel (default 8)")
+    plan.add_argument(
+        "--gpu", default="H100", help="GPU name for its memory and peak FLOP/s (default H100)"
+    )
+    plan.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of one GPU")
+    plan.add_argument("--peak-tflops", type=float, help="peak TFLOP/s of one GPU")
+    plan.add_argument(
+        "--mfu", type=float, default=0.4, help="model FLOPs utilisation for the wall time"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_plan)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -30,3 +67,17 @@ def _run(args: argparse.Namespace) -> None:
     from llmtrain.train.pretrain import run_pretrain
 
     run_pretrain(recipe, resume=args.resume, overwrite=args.overwrite)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from llmtrain.train.plan import format_plan, make_plan
+
+    plan = make_plan(
+        load_recipe_from_args(args),
+        gpus=args.gpus,
+        gpu=args.gpu,
+        gpu_memory=args.gpu_memory,
+        mfu=args.mfu,
+        peak_tflops=args.peak_tflops,
+    )
+    print(plan.to_json() if args.json else format_plan(plan))

@@ -29,7 +29,7 @@ def resolve_data(recipe: Any, section: Any) -> DataInputs:
     from llmtrain.data_pipeline.loader import read_manifest
     from llmtrain.tokenizer.fingerprint import tokenizer_fingerprint
 
-    data_dir = Path(section.data) if section.data else recipe.stage_dir("data")
+    data_dir = Path(section.data) if section.data else recipe.input_dir("pretrain", "data")
     if not (data_dir / "manifest.json").is_file():
         raise StageInputError(
             f"pretrain: no data build at {data_dir} (manifest.json missing); run `llmtrain data` "

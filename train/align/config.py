@@ -18,7 +18,7 @@ Light module: the recipe imports it to build the schema, so no torch or TRL here
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -83,9 +83,6 @@ class LoraSection(Section):
 
 class AlignSection(Section):
     """What every TRL-backed alignment method trains with."""
-
-    INPUT_STAGE: ClassVar[str] = "sft"
-    """The stage whose final/ is the default input model."""
 
     model: InputPath | None = None
     """Hugging Face model directory to start from; default <output_dir>/<previous stage>/final
@@ -189,8 +186,6 @@ class AlignSection(Section):
 
 class SFTSection(AlignSection):
     """Supervised fine-tuning on chat (`messages`) or prompt/completion records."""
-
-    INPUT_STAGE: ClassVar[str] = "pretrain"
 
     assistant_only_loss: bool = True
     """Train on assistant tokens only (the template's {% generation %} spans; prompt/completion

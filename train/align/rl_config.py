@@ -19,7 +19,7 @@ DeepSpeed, intervals). Light module: no torch here.
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -90,8 +90,6 @@ class RewardSection(Section):
 
 class RLSection(AlignSection):
     """What PPO and GRPO share: prompts, rewards and sampling."""
-
-    INPUT_STAGE: ClassVar[str] = "sft"
 
     rewards: list[RewardSection] = Field(min_length=1)
     """Reward sources, summed with their weights. (`max_length` of the common keys is not used:
