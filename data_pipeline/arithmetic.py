@@ -8,10 +8,12 @@ answer preferred over a wrong one) and RL prompts with their answers. Answers en
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
-ANSWER_PATTERN = re.compile(r"The answer is (-?\d+)\.")
+from llmtrain.answers import extract_answer
+
+ANSWER_PATTERN = r"The answer is (-?\d+)\."
+"""The final answer's regex (recipes/tiny.yaml's rewards and eval use the same)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,6 @@ def pretraining_text(problems: list[Problem]) -> str:
 
 
 def read_answer(text: str) -> int | None:
-    """The final answer in a completion, or None when it has none."""
-    found = ANSWER_PATTERN.findall(text)
-    return int(found[-1]) if found else None
+    """The final answer in a completion (as rewards and eval read it), or None."""
+    answer = extract_answer(text, ANSWER_PATTERN)
+    return None if answer is None else int(answer)

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmtrain.data_pipeline.arithmetic import Problem
+from llmtrain.data_pipeline.arithmetic import ANSWER_PATTERN, Problem
 
-ANSWER_PATTERN = r"The answer is (-?\d+)\."
 REWARDED_SHARE = 0.35
 
 
@@ -144,14 +143,16 @@ def rl_recipe(folder: Path, method: str, policy: Path, **overrides) -> Path:
 
 def greedy_reward(model_dir: Path) -> float:
     """Share of held-out prompts whose greedy completion earns the answer_match reward."""
-    from llmtrain.train.align.rewards import final_answer
+    from llmtrain.answers import extract_answer, is_correct
     from llmtrain.train.evaluate.generation import DecodingSection, decode, load_causal_lm
 
     _, held = split()
     model, tokenizer = load_causal_lm(model_dir)
     prompts = [prompt_record(p)["prompt"] for p in held]
     outputs = decode(model, tokenizer, prompts, DecodingSection(max_new_tokens=16), chat=True)
-    hits = [final_answer(o.text, ANSWER_PATTERN) == str(p.answer) for o, p in zip(outputs, held)]
+    hits = [
+        is_correct(extract_answer(o.text, ANSWER_PATTERN), p.answer) for o, p in zip(outputs, held)
+    ]
     return sum(hits) / len(hits)
 
 

@@ -281,7 +281,8 @@ def test_deepspeed_zero3_on_two_processes_follows_ddp(rl_policy, tmp_path):
 
 
 def test_text_prompts_need_no_chat_template(rl_policy):
-    from llmtrain.train.align.prompts import rl_chat_template, stop_token_ids
+    from llmtrain.chat import stop_token_ids
+    from llmtrain.train.align.prompts import rl_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(rl_policy)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -409,8 +409,8 @@ MARKED_TEMPLATE = (
 
 
 def test_chat_template_from_the_recipe_and_bad_choices(tmp_path, tiny_tokenizer_dir):
+    from llmtrain.chat import end_of_turn_token_id
     from llmtrain.train.align.chat_data import (
-        end_of_turn_token_id,
         resolve_chat_template,
         stop_token_trained,
         training_template,

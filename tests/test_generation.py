@@ -8,13 +8,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llmtrain.answers import extract_answer
 from llmtrain.errors import RecipeError
 from llmtrain.recipe import validate_section
 from llmtrain.train.evaluate.generation import (
     DecodingSection,
     best_of_n,
     decode,
-    extract_answer,
     majority_vote,
     self_consistency,
 )

@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from llmtrain.answers import extract_answer
 from llmtrain.errors import RecipeError, StageInputError
 from llmtrain.recipe import validate_section
 from llmtrain.train.align.grpo import CombinedReward
 from llmtrain.train.align.ppo import value_model_source
-from llmtrain.train.align.rewards import RewardModelScore, build_rewards, final_answer
+from llmtrain.train.align.rewards import RewardModelScore, build_rewards
 from llmtrain.train.align.rl_config import RewardSection
 from llmtrain.train.align.rm import sequence_scores
 
@@ -47,10 +48,12 @@ def test_builtin_rewards():
 
 
 def test_answers_are_read_and_normalised():
-    assert final_answer("so the answer is Paris.", None) == "Paris"
-    assert final_answer("1 + 1 = 2, then 2 + 2 = 4", None) == "4"
-    assert final_answer("x = 7. The answer is 7.", r"The answer is (-?\d+)\.") == "7"
-    assert final_answer("no digits", None) is None
+    # one extractor for rewards and eval (llmtrain/answers.py): the answer comes normalised,
+    # and a completion with neither "answer is" nor a number is its own answer
+    assert extract_answer("so the answer is Paris.", None) == "paris"
+    assert extract_answer("1 + 1 = 2, then 2 + 2 = 4", None) == "4"
+    assert extract_answer("x = 7. The answer is 7.", r"The answer is (-?\d+)\.") == "7"
+    assert extract_answer("no digits", None) == "no digits"
     rewards = rewards_of({"type": "answer_match"})
     # conversational completions (TRL's form) and text answers
     totals, _ = rewards.score(

@@ -405,23 +405,6 @@ def stop_token_trained(tokenizer: Any, template: str) -> bool:
     return is_chat_template_stop_token_trained(tokenizer, chat_template=template)
 
 
-def end_of_turn_token_id(tokenizer: Any, template: str) -> int | None:
-    """The special token that closes an assistant turn (ChatML: <|im_end|>), if the template
-    has one: the first special token rendered after the assistant's text."""
-    probe = "Zq7"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
-        chat_template=template,
-        tokenize=False,
-    )
-    after = text[text.rfind(probe) + len(probe) :]
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids) | {
-        index for index, token in tokenizer.added_tokens_decoder.items() if token.special
-    }
-    return next((token_id for token_id in ids if token_id in special), None)
-
-
 # ---------------------------------------------------------------------------------------------
 # Tokenizing
 

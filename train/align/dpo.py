@@ -19,10 +19,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from llmtrain.train.align.chat_data import (
-    end_of_turn_token_id,
-    load_examples,
-)
+from llmtrain.chat import end_of_turn_token_id
+from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
 log = logging.getLogger(__name__)

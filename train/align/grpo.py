@@ -19,10 +19,11 @@ import logging
 import math
 from typing import Any
 
+from llmtrain.chat import end_of_turn_token_id, stop_token_ids
 from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.runtime import pick_device
 from llmtrain.train.align.chat_data import load_examples
-from llmtrain.train.align.prompts import fit_prompts, rl_chat_template, stop_token_ids
+from llmtrain.train.align.prompts import fit_prompts, rl_chat_template
 from llmtrain.train.align.rewards import RewardSet, build_rewards
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
@@ -298,7 +299,7 @@ def run_grpo(recipe: Any, args: Any) -> Any:
     run.save_final(
         trainer,
         tokenizer,
-        end_of_turn_id=next((i for i in stop_ids if i != tokenizer.eos_token_id), None),
+        end_of_turn_id=end_of_turn_token_id(tokenizer, template),
         base_model_dir=model_dir,
         load_base=lambda path: AutoModelForCausalLM.from_pretrained(
             str(path), **run.model_kwargs(quantized=False)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmtrain.chat import stop_token_ids
 from llmtrain.distributed import build_deepspeed_config, refuse_keys_built_here
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.train import checkpoint as ckpt
@@ -56,7 +57,6 @@ from llmtrain.train.align.prompts import (
     FittedPrompt,
     fit_prompts,
     rl_chat_template,
-    stop_token_ids,
 )
 from llmtrain.train.align.rewards import RewardSet, build_rewards
 from llmtrain.train.align.rl_config import PPOSection

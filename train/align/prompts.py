@@ -35,16 +35,6 @@ def rl_chat_template(
     return resolve_chat_template(tokenizer, choice, method=method, tokenizer_dir=tokenizer_dir)
 
 
-def stop_token_ids(tokenizer: Any, template: str | None) -> list[int]:
-    """Where sampling stops: eos and the template's end-of-turn token (ChatML: <|im_end|>)."""
-    from llmtrain.train.align.chat_data import end_of_turn_token_id
-
-    ids = [tokenizer.eos_token_id]
-    if template is not None:
-        ids.append(end_of_turn_token_id(tokenizer, template))
-    return sorted({i for i in ids if i is not None})
-
-
 def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
     if isinstance(prompt, str):
         return tokenizer(prompt, add_special_tokens=True)["input_ids"]

@@ -21,14 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmtrain.answers import extract_answer, is_correct, last_number, normalize_answer, parse_number
 from llmtrain.errors import LLMTrainError, RecipeError, StageInputError
 from llmtrain.train.align.rl_config import RewardSection
 
 Prompt = str | list[dict[str, str]]
 Completion = str | list[dict[str, str]]
-
-_ANSWER_IS = re.compile(r"answer is[:\s]*([^\n]*?)\.?\s*$", re.IGNORECASE | re.MULTILINE)
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?")
 
 
 def completion_text(completion: Completion) -> str:
@@ -37,41 +35,9 @@ def completion_text(completion: Completion) -> str:
     return "".join(message.get("content", "") for message in completion)
 
 
-def normalize(text: str) -> str:
-    """Lower case, single spaces, no surrounding punctuation; 7.0 and 7 compare equal."""
-    text = " ".join(str(text).lower().split()).strip(" .,;:!?\"'$")
-    number = _as_number(text)
-    if number is None:
-        return text
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
-def _as_number(text: str) -> float | None:
-    try:
-        value = float(str(text).replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def final_answer(text: str, pattern: str | None) -> str | None:
-    """The final answer in a completion: `pattern`'s first group (last match), else the text
-    after the last 'answer is', else the last number; None when there is none."""
-    if pattern is not None:
-        found = re.findall(pattern, text)
-        if not found:
-            return None
-        last = found[-1]
-        return last[0] if isinstance(last, tuple) else last
-    found = _ANSWER_IS.findall(text)
-    if found:
-        return found[-1]
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
 class AnswerMatch:
-    """1.0 when the completion's final answer equals the reference after normalisation."""
+    """1.0 when the completion's final answer equals the reference after normalisation
+    (llmtrain/answers.py: the same verdict as eval's exact_match)."""
 
     def __init__(self, section: RewardSection):
         self.pattern = section.pattern
@@ -81,15 +47,14 @@ class AnswerMatch:
         answers = _reference(fields, self.field, len(completions))
         scores = []
         for completion, reference in zip(completions, answers):
-            predicted = final_answer(completion_text(completion), self.pattern)
-            scores.append(
-                float(predicted is not None and normalize(predicted) == normalize(reference))
-            )
+            predicted = extract_answer(completion_text(completion), self.pattern)
+            scores.append(float(is_correct(predicted, reference)))
         return scores
 
 
 class NumericMatch:
-    """1.0 when the completion's final number is within tolerance of the reference."""
+    """1.0 when the completion's final answer (its last number when the answer is not one) is
+    within tolerance of the reference."""
 
     def __init__(self, section: RewardSection):
         self.pattern = section.pattern
@@ -100,17 +65,16 @@ class NumericMatch:
         answers = _reference(fields, self.field, len(completions))
         scores = []
         for completion, reference in zip(completions, answers):
-            gold = _as_number(str(reference).strip())
+            gold = parse_number(normalize_answer(reference))
             if gold is None:
                 raise StageInputError(
                     f"numeric_match: the reference answer {reference!r} is not a number; use "
                     "answer_match for text answers"
                 )
-            predicted = final_answer(completion_text(completion), self.pattern)
-            value = _as_number(predicted.strip().rstrip(".")) if predicted is not None else None
+            predicted = extract_answer(completion_text(completion), self.pattern)
+            value = parse_number(predicted)
             if value is None and predicted is not None:
-                numbers = _NUMBER.findall(predicted)
-                value = _as_number(numbers[-1]) if numbers else None
+                value = last_number(predicted)
             ok = value is not None and abs(value - gold) <= self.tolerance * max(1.0, abs(gold))
             scores.append(float(ok))
         return scores

@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llmtrain.chat import end_of_turn_token_id
 from llmtrain.errors import InputDataError, StageInputError
 from llmtrain.train.align.chat_data import (
-    end_of_turn_token_id,
     load_examples,
     missing_template_tokens,
     stop_token_trained,

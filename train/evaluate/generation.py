@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from llmtrain.answers import extract_answer
+from llmtrain.chat import stop_token_ids as chat_stop_token_ids
 from llmtrain.errors import StageInputError
 from llmtrain.schema import Section
 
@@ -24,8 +26,6 @@ Strategy = Literal["greedy", "sample", "beam", "best_of_n", "self_consistency"]
 Prompt = str | list[dict[str, str]]
 Scorer = Callable[[list[Prompt], list[str]], list[float]]
 """Scores completions of prompts (higher is better): (prompts, completions) -> scores."""
-
-CHAT_END_TOKENS = ("<|im_end|>",)
 
 
 class DecodingSection(Section):
@@ -104,18 +104,11 @@ def check_model_dir(path: Path) -> None:
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids from the generation config and tokenizer, plus the chat end-of-turn token."""
-    ids: list[int] = []
+    """EOS ids from the generation config, plus eos and the end-of-turn token of the
+    tokenizer's chat template (llmtrain.chat.stop_token_ids)."""
     configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.append(configured)
-    elif configured:
-        ids.extend(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.extend(vocab[token] for token in CHAT_END_TOKENS if token in vocab)
-    return sorted(set(ids))
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    return sorted(set(ids) | set(chat_stop_token_ids(tokenizer)))
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt, *, chat: bool) -> str:
@@ -201,28 +194,6 @@ def generate_texts(
     finally:
         tokenizer.padding_side = padding_side
     return results
-
-
-def extract_answer(text: str, pattern: str | None) -> str | None:
-    """The final answer in a completion: the last match of `pattern`'s first group, else the
-    normalised text itself (None when a pattern is given and nothing matches)."""
-    if pattern is None:
-        return normalize_answer(text)
-    found = re.findall(pattern, text)
-    if not found:
-        return None
-    last = found[-1]
-    return normalize_answer(last[0] if isinstance(last, tuple) else last)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, single spaces, no surrounding punctuation; 7.0 and 7 compare equal."""
-    text = " ".join(str(text).lower().split()).strip(" .,;:!?\"'")
-    try:
-        number = float(text.replace(",", ""))
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else str(number)
 
 
 def majority_vote(answers: Sequence[str | None]) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llmtrain.answers import extract_answer, is_correct
 from llmtrain.data_pipeline.readers import iter_records
 from llmtrain.errors import InputDataError
 from llmtrain.schema import InputPath, Section
@@ -26,8 +27,6 @@ from llmtrain.train.evaluate.generation import (
     Prompt,
     Scorer,
     decode,
-    extract_answer,
-    normalize_answer,
 )
 
 TaskType = Literal["generation", "multiple_choice"]
@@ -175,7 +174,7 @@ def run_generation_task(
             if output.answer is not None
             else extract_answer(output.text, decoding.answer_pattern)
         )
-        hit = predicted is not None and predicted == normalize_answer(record.answer)
+        hit = is_correct(predicted, record.answer)
         correct += hit
         samples.append(
             {
