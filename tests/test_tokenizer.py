@@ -257,10 +257,19 @@ def test_each_algorithm_and_backend_trains_and_loads(
 def test_digit_splitting(tokenizer_corpus, tmp_path):
     single, _ = train(tmp_path / "single", tokenizer_corpus, digits="single")
     groups, _ = train(tmp_path / "groups", tokenizer_corpus, digits="groups_of_3")
-    assert load(single).tokenize("x = 12345") == ["x", "Ġ=Ġ", "1", "2", "3", "4", "5"]
+    # the default split (Llama 3's regex, llama.cpp's `qwen2`): the space before a number is
+    # a token of its own
+    assert load(single).tokenize("x = 12345") == ["x", "Ġ=", "Ġ", "1", "2", "3", "4", "5"]
     grouped = load(groups).tokenize("12345678")
     assert "".join(grouped) == "12345678" and len(grouped) >= 3
     assert all(len(piece) <= 3 for piece in grouped)
+
+
+def test_llmtrain_pattern_is_an_opt_in_that_keeps_spaces_around_punctuation(
+    tokenizer_corpus, tmp_path
+):
+    out, _ = train(tmp_path, tokenizer_corpus, pattern="llmtrain")
+    assert load(out).tokenize("x = 12345") == ["x", "Ġ=Ġ", "1", "2", "3", "4", "5"]
 
 
 def test_nfkc_normalisation_is_reported_as_lossy(tokenizer_corpus, tmp_path):

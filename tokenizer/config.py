@@ -36,11 +36,16 @@ pieces. Either way a vocabulary needs room for them."""
 # Pre-tokenizer patterns for byte-level BPE. `{digits}` is replaced by the number alternative
 # of the `digits` setting. Pieces are tried left to right at each position.
 _CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+DEFAULT_PATTERN = "llama3"
+"""The split of new byte-level BPEs: Llama 3's regex, which llama.cpp reproduces exactly
+(pre-tokenizer `qwen2` with single digits, `llama-bpe` with groups of 3), so the model exports to
+GGUF (`llmtrain export gguf`)."""
 PATTERNS = {
-    # Llama 3's pattern with two changes that matter for code (docs/benchmarks.md#tokenizer):
+    # Opt-in. Llama 3's pattern with two changes that matter for code (docs/benchmarks.md#tokenizer):
     # identifiers keep their underscores and digits (`[\p{L}_][\p{L}\p{N}_]*`), and
     # punctuation or a line break takes the newlines and the indentation that follow it, so
-    # "):\n        " is one pre-token and the keyword after it starts a new one.
+    # "):\n        " is one pre-token and the keyword after it starts a new one. llama.cpp has
+    # no splitter for it: a tokenizer with this pattern does not export to GGUF.
     "llmtrain": "|".join(
         [
             _CONTRACTIONS,
@@ -155,8 +160,10 @@ class TokenizerSection(Section):
     """Round the vocabulary up to a multiple of this with reserved special tokens, so that
     len(tokenizer) is the embedding size (GPU-friendly); 1: no rounding."""
     pattern: str | None = None
-    """Byte-level BPE pre-tokenizer regex: `llmtrain` (default; Llama 3's regex tuned for
-    code), `llama3`, `gpt2`, or a regex of your own (Oniguruma syntax)."""
+    """Byte-level BPE pre-tokenizer regex: `llama3` (default; exports to llama.cpp), `llmtrain`
+    (Llama 3's regex tuned for code: fewer tokens on source code, but llama.cpp cannot
+    reproduce its split, so no GGUF export), `gpt2`, or a regex of your own (Oniguruma
+    syntax)."""
     digits: Digits = "single"
     """Numbers: `single` digits (Llama 1/2, DeepSeek; helps arithmetic), `groups_of_3`
     (Llama 3), or `runs` (no splitting; with a custom pattern: the pattern decides)."""

@@ -27,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from llmtrain.errors import RecipeError
 
-from .config import BYTE_ALPHABET, PATTERNS, TokenizerSection, split_pattern
+from .config import BYTE_ALPHABET, DEFAULT_PATTERN, PATTERNS, TokenizerSection, split_pattern
 
 SPACE = "\u2581"  # "▁", SentencePiece's visible space
 SPM_WORDS = f"{SPACE}*[^{SPACE}]+|{SPACE}+"
@@ -72,7 +72,7 @@ def untrained(section: TokenizerSection, unk: str | None) -> Tokenizer:
     """The pipeline of the recipe's algorithm around an empty model."""
     if section.algorithm == "bpe":
         tokenizer = Tokenizer(models.BPE())
-        pattern = section.pattern or "llmtrain"
+        pattern = section.pattern or DEFAULT_PATTERN
         custom_digits = digit_splitter(section.digits) if pattern not in PATTERNS else []
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [

@@ -235,10 +235,10 @@ def machine() -> str:
 
 
 def overhead(args) -> None:
-    from llmtrain.tokenizer.config import split_pattern
+    from llmtrain.tokenizer.config import DEFAULT_PATTERN, split_pattern
 
     train, _ = python_corpus(args.workdir, args.train_mb, args.heldout_mb)
-    pattern = split_pattern("llmtrain", "single")  # the stage's default
+    pattern = split_pattern(DEFAULT_PATTERN, "single")  # the stage's default
     cases = []
     if args.backend in ("tokenizers", "both"):
         cases.append(
@@ -358,6 +358,10 @@ def compression(args) -> None:
         (
             "llmtrain tokenizer: unigram (tokenizers, byte fallback)",
             lambda o: train_ours(o, train, v, algorithm="unigram"),
+        ),
+        (
+            "llmtrain tokenizer: bpe, pattern llmtrain (opt-in; no GGUF export)",
+            lambda o: train_ours(o, train, v, pattern="llmtrain"),
         ),
     ]
     if args.only:
