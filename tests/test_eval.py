@@ -18,7 +18,7 @@ from llmtrain.train.evaluate.tasks import (
 from tests.test_generation import WORDS, log_table, make
 
 
-def test_multiple_choice_scores_by_likelihood_and_per_byte(tmp_path):
+def test_multiple_choice_scores_by_likelihood_per_character_and_per_byte(tmp_path):
     a, b, c = (WORDS.index(w) for w in "abc")
     table = log_table({0: {a: 0.5, b: 0.5}, b: {c: 0.8, a: 0.2}})
     model, tokenizer = make(table)
@@ -28,8 +28,9 @@ def test_multiple_choice_scores_by_likelihood_and_per_byte(tmp_path):
     logprobs = continuation_logprobs(model, tokenizer, [("<s>", " a"), ("<s>", " b c")])
     assert logprobs == pytest.approx([math.log(0.5), math.log(0.5 * 0.8)], abs=1e-5)
     result = run_multiple_choice_task(model, tokenizer, records, ["<s>"])
-    # raw likelihood prefers "a" (0.5 > 0.4); per byte prefers "b c" (log 0.4 / 4 > log 0.5 / 2)
-    assert result.metrics == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+    # raw likelihood prefers "a" (0.5 > 0.4); per character and per byte of the choice (the
+    # space before it not counted) "b c" (log 0.4 / 3 > log 0.5 / 1)
+    assert result.metrics == {"acc": 0.0, "acc_norm": 1.0, "acc_bytes": 1.0, "n": 1}
 
 
 def test_fewshot_prompt_plain_and_chat(tmp_path):
@@ -55,7 +56,10 @@ def test_fewshot_prompt_plain_and_chat(tmp_path):
     [
         ({"answer": 1}, r"mc.jsonl:1: a task record needs a non-empty 'prompt'"),
         ({"prompt": "q"}, r"mc.jsonl:1: a task record needs an 'answer'"),
-        ({"prompt": "q", "answer": 0, "choices": ["x"]}, r"needs 'choices': a list of 2\+ strings"),
+        (
+            {"prompt": "q", "answer": 0, "choices": ["x"]},
+            r"needs 'choices': a list of 2\+ non-empty strings",
+        ),
         (
             {"prompt": "q", "answer": 5, "choices": ["x", "y"]},
             r"answer index 5 is outside the 2 choices",
@@ -114,7 +118,7 @@ def test_eval_of_an_untrained_model_is_near_uniform(tiny_causal_lm_dir, tmp_path
     assert vocab / 2 < ppl["perplexity"] < vocab * 2
     assert ppl["bits_per_byte"] > 0
     assert results["tasks"]["arith"] == {"exact_match": 0.0, "n": 4}
-    assert set(results["tasks"]["mc"]) == {"acc", "acc_norm", "n"}
+    assert set(results["tasks"]["mc"]) == {"acc", "acc_norm", "acc_bytes", "n"}
     out = recipe.stage_dir("eval")
     assert json.loads((out / "model.json").read_text())["tasks"]["mc"]["n"] == 4
     assert len((out / "samples" / "model-arith.jsonl").read_text().splitlines()) == 4

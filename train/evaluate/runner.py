@@ -1,8 +1,9 @@
 """`llmtrain eval`: perplexity and tasks for each model the eval section names.
 
-Writes <output_dir>/eval/<model>.json (metrics per task, perplexities), samples of each task
-as <output_dir>/eval/samples/<model>-<task>.jsonl, and results.md, a table of every model
-evaluated so far.
+Writes <output_dir>/eval/<model>.json (metrics per task, perplexities; with eval.lm_eval also
+lm-evaluation-harness' tasks among them and, under "lm_eval", its version and each task's),
+samples of each task as <output_dir>/eval/samples/<model>-<task>.jsonl, and results.md, a
+table of every model evaluated so far.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.atomic import atomic_write_json, atomic_write_text
-from llmtrain.errors import StageInputError
-from llmtrain.recipe import STAGES, Recipe
+from llmtrain.errors import RecipeError, StageInputError
+from llmtrain.recipe import Recipe
 from llmtrain.runtime import seed_everything
-from llmtrain.train.evaluate.config import CAUSAL_LM_STAGES, EvalSection
+from llmtrain.stages import registry
+from llmtrain.train.evaluate.config import EvalSection
 from llmtrain.train.evaluate.generation import DecodingSection, load_causal_lm
 from llmtrain.train.evaluate.perplexity import perplexity_on_texts, score_windows, summarize
 from llmtrain.train.evaluate.tasks import (
@@ -38,12 +40,14 @@ def resolve_models(
 ) -> list[tuple[str, Path, bool]]:
     """(name, model directory, is a stage model) for each model to evaluate."""
     wanted = names or section.models
+    causal_lm_stages = [
+        stage for stage in recipe.stage_names() if recipe.stage_kind(stage).produces == "causal_lm"
+    ]
     if not wanted:
         found = [
             (stage, recipe.stage_dir(stage) / "final", True)
-            for stage in CAUSAL_LM_STAGES
-            if getattr(recipe, stage, None) is not None
-            and (recipe.stage_dir(stage) / "final").is_dir()
+            for stage in causal_lm_stages
+            if (recipe.stage_dir(stage) / "final").is_dir()
         ]
         if not found:
             raise StageInputError(
@@ -53,7 +57,7 @@ def resolve_models(
         return found
     models = []
     for name in wanted:
-        if name in CAUSAL_LM_STAGES:
+        if name in causal_lm_stages or name in recipe.known_stages():
             path = recipe.stage_dir(name) / "final"
             if not path.is_dir():
                 raise StageInputError(f"eval: {path} does not exist; run the {name} stage first")
@@ -62,7 +66,8 @@ def resolve_models(
             path = Path(name).expanduser().resolve()
             if not path.is_dir():
                 raise StageInputError(
-                    f"eval: {name!r} is neither a stage ({', '.join(CAUSAL_LM_STAGES)}) nor a model directory"
+                    f"eval: {name!r} is neither a stage ({', '.join(causal_lm_stages)}) nor a "
+                    "model directory"
                 )
             models.append((path.name, path, False))
     return models
@@ -71,17 +76,42 @@ def resolve_models(
 def evaluate_recipe(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
     section: EvalSection = recipe.section("eval")
     recipe.check_inputs("eval")
+    if section.lm_eval is not None:
+        from llmtrain.train.evaluate.harness import import_lm_eval
+
+        import_lm_eval()  # the missing extra is reported before any model loads
     results = {}
     for name, path, is_stage in resolve_models(recipe, section, names):
         results[name] = evaluate_model(
-            recipe, section, name, path, plain_by_default=is_stage and name == "pretrain"
+            recipe,
+            section,
+            name,
+            path,
+            plain_by_default=is_stage and recipe.stage_kind(name).name == "pretrain",
+            post_training=is_post_training(recipe, name, path, is_stage),
         )
     write_table(recipe.stage_dir("eval"))
     return results
 
 
+def is_post_training(recipe: Recipe, name: str, model_dir: Path, is_stage: bool) -> bool:
+    """The model of a post-training stage (a causal-LM stage other than pretraining): named as
+    that stage, or a `.../<stage>/final` directory."""
+    stage = name if is_stage else (model_dir.parent.name if model_dir.name == "final" else "")
+    if stage not in recipe.known_stages():
+        return False
+    kind = recipe.stage_kind(stage)
+    return kind.produces == "causal_lm" and kind.name != "pretrain"
+
+
 def evaluate_model(
-    recipe: Recipe, section: EvalSection, name: str, model_dir: Path, *, plain_by_default: bool
+    recipe: Recipe,
+    section: EvalSection,
+    name: str,
+    model_dir: Path,
+    *,
+    plain_by_default: bool,
+    post_training: bool,
 ) -> dict[str, Any]:
     seed = section.seed if section.seed is not None else recipe.seed
     out_dir = recipe.stage_dir("eval")
@@ -109,9 +139,48 @@ def evaluate_model(
         result["tasks"][task.name] = outcome.metrics
         _write_samples(out_dir / "samples" / f"{name}-{task.name}.jsonl", outcome.samples)
         log.info("eval %s %s: %s", name, task.name, outcome.metrics)
+    if section.lm_eval is not None:
+        result["lm_eval"] = _run_lm_eval(
+            section, name, model_dir, model, tokenizer, result["tasks"], out_dir, post_training
+        )
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(out_dir / f"{name}.json", result)
     return result
+
+
+def _run_lm_eval(
+    section: EvalSection,
+    name: str,
+    model_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    tasks: dict[str, dict],
+    out_dir: Path,
+    post_training: bool,
+) -> dict[str, Any]:
+    """Add lm-eval's metrics to `tasks` and write its samples; return what it ran (lm-eval's
+    version, settings, each task's version)."""
+    from llmtrain.train.evaluate.harness import run_lm_eval
+
+    outcome = run_lm_eval(
+        section.lm_eval,
+        model,
+        tokenizer,
+        model_dir,
+        chat_model=post_training and bool(getattr(tokenizer, "chat_template", None)),
+        batch_size=section.batch_size,
+    )
+    for task, metrics in outcome["metrics"].items():
+        if task in tasks:
+            raise RecipeError(
+                f"eval.tasks: the task name {task!r} is also an lm-eval task in eval.lm_eval; "
+                "rename the task of eval.tasks"
+            )
+        tasks[task] = metrics
+        if task in outcome["samples"]:
+            _write_samples(out_dir / "samples" / f"{name}-{task}.jsonl", outcome["samples"][task])
+        log.info("eval %s %s (lm-eval): %s", name, task, metrics)
+    return outcome["info"]
 
 
 def run_task(
@@ -202,16 +271,19 @@ def _file_perplexity(section: EvalSection, model, tokenizer, pattern: str, seq_l
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    lines = (json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples)
+    atomic_write_text(path, "".join(lines))
 
 
 def write_table(out_dir: Path) -> str:
     """results.md: one row per evaluated model (pipeline stages in their order, then other
     models by name), one column per metric."""
 
+    stages = list(registry())
+
     def order(path: Path) -> tuple[int, str]:
         stem = path.stem
-        return (STAGES.index(stem) if stem in STAGES else len(STAGES), stem)
+        return (stages.index(stem) if stem in stages else len(stages), stem)
 
     rows = []
     for path in sorted(out_dir.glob("*.json"), key=order):

@@ -1,8 +1,10 @@
 """Evaluation tasks from local jsonl files, zero- or few-shot.
 
 - `multiple_choice`: {"prompt": str, "choices": [str, ...], "answer": index or choice text}.
-  Each choice is scored by its log-likelihood after the prompt: `acc` takes the most likely
-  choice, `acc_norm` the most likely per byte of the choice (as lm-evaluation-harness does).
+  Each choice is scored by the log-likelihood of " " + choice after the prompt: `acc` takes the
+  most likely choice, `acc_norm` the most likely per character of the choice and `acc_bytes`
+  per UTF-8 byte of the choice (lm-evaluation-harness' definitions: the lengths are those of
+  the choice text, without the space before it).
 - `generation`: {"prompt": str or [messages], "answer": str or number, "completion": optional
   worked answer used when the record is a few-shot example}. The model's completion (by the
   task's decoding settings) is reduced to its final answer (`answer_pattern`) and compared with
@@ -93,10 +95,10 @@ def _parse_record(raw: dict, task_type: TaskType, where: str) -> TaskRecord:
     if (
         not isinstance(choices, list)
         or len(choices) < 2
-        or not all(isinstance(c, str) for c in choices)
+        or not all(isinstance(c, str) and c for c in choices)
     ):
         raise InputDataError(
-            f"{where}: a multiple_choice record needs 'choices': a list of 2+ strings"
+            f"{where}: a multiple_choice record needs 'choices': a list of 2+ non-empty strings"
         )
     if isinstance(answer, int) and not isinstance(answer, bool):
         if not 0 <= answer < len(choices):
@@ -195,17 +197,19 @@ def run_multiple_choice_task(
         (ctx, " " + choice) for ctx, record in zip(contexts, records) for choice in record.choices
     ]
     logprobs = continuation_logprobs(model, tokenizer, requests, batch_size=batch_size)
-    samples, acc, acc_norm, cursor = [], 0, 0, 0
+    samples, acc, acc_norm, acc_bytes, cursor = [], 0, 0, 0, 0
     for record in records:
         scores = logprobs[cursor : cursor + len(record.choices)]
         cursor += len(record.choices)
-        lengths = [len((" " + c).encode("utf-8")) for c in record.choices]
-        normed = [s / n for s, n in zip(scores, lengths)]
-        pick = max(range(len(scores)), key=scores.__getitem__)
-        pick_norm = max(range(len(normed)), key=normed.__getitem__)
+        chars = [len(c) for c in record.choices]
+        utf8 = [len(c.encode("utf-8")) for c in record.choices]
+        pick = _argmax(scores)
+        pick_norm = _argmax([s / n for s, n in zip(scores, chars)])
+        pick_bytes = _argmax([s / n for s, n in zip(scores, utf8)])
         gold = int(record.answer)
         acc += pick == gold
         acc_norm += pick_norm == gold
+        acc_bytes += pick_bytes == gold
         samples.append(
             {
                 "prompt": record.prompt,
@@ -214,10 +218,17 @@ def run_multiple_choice_task(
                 "answer": gold,
                 "predicted": pick,
                 "predicted_norm": pick_norm,
+                "predicted_bytes": pick_bytes,
             }
         )
     n = len(records)
-    return TaskResult({"acc": acc / n, "acc_norm": acc_norm / n, "n": n}, samples)
+    metrics = {"acc": acc / n, "acc_norm": acc_norm / n, "acc_bytes": acc_bytes / n, "n": n}
+    return TaskResult(metrics, samples)
+
+
+def _argmax(values: list[float]) -> int:
+    """Index of the largest value, the first one on ties (numpy.argmax, as lm-eval uses)."""
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def continuation_logprobs(
