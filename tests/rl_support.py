@@ -162,13 +162,13 @@ def run_ppo_counting_gathers(recipe_path: str, out_path: str) -> None:
     from llmtrain.recipe import load_recipe
     from llmtrain.train.align.ppo import PPOTrainer
     from llmtrain.train.align.trl_glue import AlignRun
+    from llmtrain.train.loop import TrainingLoop
 
     recipe = load_recipe(recipe_path)
     section = recipe.section("ppo")
     run = AlignRun(recipe, "ppo", section)
     trainer = PPOTrainer(recipe, section, run)
-    run.start(resume=None, overwrite=False)
-    trainer.train()
+    TrainingLoop(trainer, run, trainer.accelerator, section).run(resume=None, overwrite=False)
     if run.env.is_main:
         Path(out_path).write_text(
             json.dumps({"gathers": trainer.gathers, "world": trainer.world, "step": trainer.step})

@@ -17,6 +17,7 @@ one the tests exercise. accelerate still owns the process group and the collecti
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,11 @@ from typing import Any
 
 import torch
 
-from llmtrain.errors import RunDirError
+from llmtrain.compat import reset_accelerate_state, zero3_full_state_dict
+from llmtrain.errors import RunDirError, StageInputError
 from llmtrain.train import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
 
 
 class PlainEngine:
@@ -168,7 +172,7 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every weight, for final/: under ZeRO-3 gathered from all ranks (collective)."""
         if self.zero_stage == 3:
-            state = self.engine._zero3_consolidated_16bit_state_dict()
+            state = zero3_full_state_dict(self.engine)
             return state if self.engine.global_rank == 0 else None
         return self.module.state_dict() if self.engine.global_rank == 0 else None
 
@@ -181,3 +185,121 @@ def no_grad_eval(engine: PlainEngine | DeepSpeedEngine) -> Iterator[None]:
             yield
     finally:
         engine.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Building an engine: the one place that chooses DDP or DeepSpeed, the optimizer and its groups
+
+
+def check_precision(precision: str, where: str) -> None:
+    """fp16 needs a CUDA GPU (its loss scaler); every stage refuses it here, the same way."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise StageInputError(
+            f"{where}.precision fp16 needs a CUDA GPU (loss scaling of half-precision "
+            "gradients); use bf16 or fp32 on this machine"
+        )
+
+
+def engine_deepspeed_config(
+    section: Any,
+    *,
+    where: str,
+    grad_accum: int,
+    world_size: int,
+    built: dict[str, str] | None = None,
+    builder: str = "",
+) -> dict[str, Any] | None:
+    """The DeepSpeed config of `<where>.deepspeed`, or None for plain DDP: no section, or
+    `zero_stage: 0` (plain data parallelism, whatever the stage). `built` names the DeepSpeed
+    keys (optimizer, scheduler) the stage builds itself, which a user JSON may not set."""
+    from llmtrain.distributed import build_deepspeed_config, refuse_keys_built_here
+
+    if section.deepspeed is None:
+        return None
+    config = build_deepspeed_config(
+        section.deepspeed,
+        micro_batch_size=section.micro_batch_size,
+        grad_accum_steps=grad_accum,
+        world_size=world_size,
+        precision=section.precision,
+        grad_clip=section.grad_clip,
+        where=where,
+    )
+    if config["zero_optimization"]["stage"] == 0:
+        log.info("%s.deepspeed: zero_stage 0 is plain data parallelism; running it as DDP", where)
+        return None
+    if built:
+        refuse_keys_built_here(config, section.deepspeed, where, builder, built)
+    return config
+
+
+def offloads_optimizer(ds_config: dict[str, Any] | None) -> bool:
+    """Whether a DeepSpeed config keeps optimizer states off the accelerator (ZeRO-Offload),
+    set by the recipe or by a DeepSpeed JSON: the optimizer must then be DeepSpeed's CPU Adam.
+    `offload_optimizer: {device: none}` is no offload."""
+    if ds_config is None:
+        return False
+    offload = ds_config["zero_optimization"].get("offload_optimizer") or {}
+    return offload.get("device", "none") not in (None, "none")
+
+
+def make_accelerator(section: Any, *, use_deepspeed: bool) -> Any:
+    """accelerate's Accelerator: process group (gloo on CPU), device, autocast, fp16 scaling
+    (DeepSpeed runs the precision itself: no autocast under it)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[section.precision]
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="no" if use_deepspeed else mixed,
+        # gradients live in DDP's all-reduce buckets instead of beside them: 4 bytes per
+        # parameter less, the same numbers
+        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
+    )
+
+
+def release_accelerator() -> None:
+    """Forget accelerate's process-wide state, so another run in this process starts clean."""
+    reset_accelerate_state()
+
+
+def build_engine(
+    model: torch.nn.Module,
+    groups: list[dict[str, Any]],
+    *,
+    accelerator: Any,
+    ds_config: dict[str, Any] | None,
+    section: Any,
+) -> PlainEngine | DeepSpeedEngine:
+    """The engine of a stage's trainable `model`: DeepSpeed ZeRO when `ds_config` is given (see
+    engine_deepspeed_config), else accelerate (one process or DDP); the optimizer is AdamW over
+    `groups` (optim.param_groups: decay on weight matrices only), DeepSpeed's CPU Adam when the
+    config offloads optimizer states. `section` gives lr, beta1, beta2, eps, grad_clip and compile."""
+    from llmtrain.train.optim import build_optimizer
+
+    optimizer = build_optimizer(
+        groups,
+        lr=section.lr,
+        betas=(section.beta1, section.beta2),
+        eps=section.eps,
+        device=accelerator.device,
+        cpu_adam=offloads_optimizer(ds_config),
+    )
+    compile_model = bool(getattr(section, "compile", False))
+    if ds_config is not None:
+        engine = DeepSpeedEngine(model, optimizer, ds_config)
+        if compile_model:
+            engine.engine.compile()
+        return engine
+    if compile_model:
+        model = torch.compile(model)
+    return PlainEngine(accelerator, model, optimizer, section.grad_clip)
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype frozen models (a reference, reward models) run in: the precision's on a GPU,
+    fp32 on a CPU."""
+    if not torch.cuda.is_available():
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)

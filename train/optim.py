@@ -19,31 +19,46 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None
+) -> list[dict[str, Any]]:
     """Two groups: weight matrices (decayed) and norms, biases and embeddings (not decayed).
 
-    Embeddings are found by module type, so a tied output head (the same tensor) is not
-    decayed either; an untied one is a Linear and is.
+    The one decay rule of every stage (pretraining, PPO, and the TRL-backed methods through
+    `no_decay_parameter_names`). Embeddings are found by module type, so a tied output head
+    (the same tensor) is not decayed either; an untied one is a Linear and is. `lr` sets the
+    groups' own learning rate (PPO's value model trains at value_lr).
     """
+    decay_names = set(decayed_parameter_names(model))
+    decay, no_decay = [], []
+    seen = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (decay if name in decay_names else no_decay).append(param)
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if lr is not None:
+        for group in groups:
+            group["lr"] = lr
+    return groups
+
+
+def decayed_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters weight decay applies to: matrices that are not embeddings."""
     embedding_params = {
         id(param)
         for module in model.modules()
         if isinstance(module, nn.Embedding)
         for param in module.parameters(recurse=False)
     }
-    decay, no_decay = [], []
-    seen = set()
-    for _name, param in model.named_parameters():
-        if not param.requires_grad or id(param) in seen:
-            continue
-        seen.add(id(param))
-        if param.ndim < 2 or id(param) in embedding_params:
-            no_decay.append(param)
-        else:
-            decay.append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        name
+        for name, param in model.named_parameters()
+        if param.ndim >= 2 and id(param) not in embedding_params
     ]
 
 
@@ -52,33 +67,24 @@ def fused_available(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
-def build_adamw(
-    model: nn.Module,
+def build_optimizer(
+    groups: list[dict[str, Any]],
     *,
     lr: float,
-    weight_decay: float,
     betas: tuple[float, float],
     eps: float,
     device: torch.device,
+    cpu_adam: bool,
 ) -> torch.optim.Optimizer:
-    """torch AdamW, fused when the device has the fused kernel."""
+    """AdamW over `groups`: torch's (fused where the device has the kernel), or DeepSpeed's CPU
+    Adam in AdamW mode (C++/SIMD, JIT-built on first use) when ZeRO-Offload keeps the optimizer
+    states on the CPU."""
+    if cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
     return torch.optim.AdamW(
-        param_groups(model, weight_decay),
-        lr=lr,
-        betas=betas,
-        eps=eps,
-        fused=fused_available(device) or None,
-    )
-
-
-def build_cpu_adam(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
-) -> torch.optim.Optimizer:
-    """DeepSpeed's CPU Adam (AdamW mode) for ZeRO-Offload: C++/SIMD, JIT-built on first use."""
-    from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-    return DeepSpeedCPUAdam(
-        param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, adamw_mode=True
+        groups, lr=lr, betas=betas, eps=eps, fused=fused_available(device) or None
     )
 
 

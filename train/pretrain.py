@@ -8,30 +8,36 @@ tokens is summed over all micro-batches and processes. Each micro-batch's summed
 divided by that global count (times the world size, which DDP and DeepSpeed average over), so
 the gradient is the mean over every scored token of the step however the batch is split.
 
-Everything is checked before training starts (inputs.py); then the run directory is prepared
-(refusing to clobber a run unless --resume or --overwrite), the checkpoint is loaded when
-resuming, and the loop logs, validates, checkpoints and finally writes final/.
+Everything is checked before training starts (inputs.py); then the loop shell (loop.py) runs
+`PretrainLoop`, the pretraining method: it prepares the run directory (refusing to clobber a run
+unless --resume or --overwrite), loads the checkpoint when resuming, logs, validates,
+checkpoints and finally writes final/.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmtrain.errors import RunDirError, StageInputError, TrainingError
-from llmtrain.rundir import RunDir
-from llmtrain.runtime import dist_env, seed_everything
-from llmtrain.tracking import Tracker
-from llmtrain.train import checkpoint as ckpt
+from llmtrain.compat import apply_liger_kernel
+from llmtrain.errors import StageInputError, TrainingError
+from llmtrain.runtime import dist_env
 from llmtrain.train import flops as flops_mod
-from llmtrain.train.engine import DeepSpeedEngine, PlainEngine, no_grad_eval
+from llmtrain.train.engine import (
+    DeepSpeedEngine,
+    PlainEngine,
+    build_engine,
+    check_precision,
+    engine_deepspeed_config,
+    make_accelerator,
+    no_grad_eval,
+    release_accelerator,
+)
 from llmtrain.train.inputs import (
     DataInputs,
     check_enough_data,
@@ -40,6 +46,7 @@ from llmtrain.train.inputs import (
     grad_accum_steps,
     resolve_data,
 )
+from llmtrain.train.loop import TrainingLoop
 from llmtrain.train.models import create_model, family_of_config
 from llmtrain.train.objectives import (
     ModelInputs,
@@ -48,7 +55,8 @@ from llmtrain.train.objectives import (
     step_generator,
     token_loss_sum,
 )
-from llmtrain.train.optim import build_adamw, build_cpu_adam, build_scheduler
+from llmtrain.train.optim import build_scheduler, param_groups
+from llmtrain.train.stage_run import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,9 @@ class StepResult:
     applied: bool
     """False when the update was skipped (non-finite loss or gradients)."""
     router_aux_loss: float | None
+    nonfinite: str | None = None
+    """What was not finite when the step was skipped for it (fp16's loss scaler also skips
+    steps whose gradients overflow while it lowers its scale; those are routine: None)."""
 
 
 @dataclass
@@ -105,7 +116,16 @@ def run_pretrain(
     setup = prepare(recipe)
     accelerator = make_accelerator(recipe.pretrain, use_deepspeed=setup.ds_config is not None)
     try:
-        return PretrainLoop(recipe, setup, accelerator).run(resume=resume, overwrite=overwrite)
+        method = PretrainLoop(recipe, setup, accelerator)
+        loop = TrainingLoop(method, setup.run, accelerator, recipe.pretrain)
+        final_dir = loop.run(resume=resume, overwrite=overwrite)
+        return PretrainResult(
+            run_dir=setup.run.run_dir.path,
+            final_dir=final_dir,
+            step=method.step,
+            model=method.engine.module,
+            last_metrics=loop.last_record,
+        )
     finally:
         release_accelerator()
 
@@ -115,6 +135,7 @@ class Setup:
     """Everything a run needs, built and checked before any process group or file exists."""
 
     plan: Plan
+    run: StageRun
     data: DataInputs
     model: torch.nn.Module
     objective: Any
@@ -122,19 +143,34 @@ class Setup:
     ds_config: dict[str, Any] | None
 
 
+def start_model(recipe: Any) -> Any:
+    """The model section, pointed at the input stage's final/ when this pretraining continues
+    another stage's model (a `stages:` entry with `inputs: {model: STAGE}`)."""
+    model_section = recipe.section("model")
+    source = recipe.input_stage("pretrain", "model")
+    if source is None:
+        return model_section
+    final = recipe.output_dir / source / "final"
+    if not (final / "config.json").is_file():
+        raise StageInputError(
+            f"pretrain: no model at {final} to continue from; run "
+            f"`{recipe.stage_kind(source).shell_command(source)}` first"
+        )
+    return model_section.model_copy(update={"path": final, "preset": None})
+
+
 def prepare(recipe: Any) -> Setup:
     """Resolve and check inputs, the batch arithmetic, the model and the objective."""
-    recipe.check_inputs("model", "pretrain")
     section = recipe.section("pretrain")
-    model_section = recipe.section("model")
+    run = StageRun(recipe, "pretrain", section, inputs=("model", "pretrain"))
+    model_section = start_model(recipe)
     env = dist_env()
-    seed = section.seed if section.seed is not None else recipe.seed
-    seed_everything(seed)
+    seed = run.seed
     data = resolve_data(recipe, section)
     family, name = model_family(model_section)
     objective_name = section.objective_for(family)
     check_objective_fits(objective_name, family, name)
-    check_precision(section)
+    check_precision(section.precision, "pretrain")
     plan = Plan(
         objective=objective_name,
         family=family,
@@ -182,7 +218,7 @@ def prepare(recipe: Any) -> Setup:
     )
     ds_config = deepspeed_config(section, plan)
     prepare_model_for_speed(model, section)
-    return Setup(plan, data, model, objective, train_batches, ds_config)
+    return Setup(plan, run, data, model, objective, train_batches, ds_config)
 
 
 def model_family(section: Any) -> tuple[str, str]:
@@ -197,51 +233,20 @@ def model_family(section: Any) -> tuple[str, str]:
     return family_of_config(config), str(section.path)
 
 
-def check_precision(section: Any) -> None:
-    if section.precision == "fp16" and not torch.cuda.is_available():
-        raise StageInputError(
-            "pretrain.precision fp16 needs a CUDA GPU (loss scaling of half-precision "
-            "gradients); use bf16 or fp32 on this machine"
-        )
-
-
 def deepspeed_config(section: Any, plan: Plan) -> dict[str, Any] | None:
     """The DeepSpeed config, or None for plain DDP (no section, or zero_stage 0)."""
-    from llmtrain.distributed import build_deepspeed_config, refuse_keys_built_here
-
-    if section.deepspeed is None:
-        return None
-    config = build_deepspeed_config(
-        section.deepspeed,
-        micro_batch_size=section.micro_batch_size,
-        grad_accum_steps=plan.grad_accum,
-        world_size=plan.world_size,
-        precision=section.precision,
-        grad_clip=section.grad_clip,
+    return engine_deepspeed_config(
+        section,
         where="pretrain",
-    )
-    if config["zero_optimization"]["stage"] == 0:
-        log.info("pretrain.deepspeed: zero_stage 0 is plain data parallelism; running it as DDP")
-        return None
-    refuse_keys_built_here(
-        config,
-        section.deepspeed,
-        "pretrain",
-        "pretraining",
-        {
+        grad_accum=plan.grad_accum,
+        world_size=plan.world_size,
+        builder="pretraining",
+        built={
             "optimizer": "AdamW from pretrain.lr, beta1, beta2, eps and weight_decay",
             "scheduler": "the schedule from pretrain.schedule, warmup_steps, min_lr_ratio and "
             "decay_steps",
         },
     )
-    return config
-
-
-def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
-    """Whether a DeepSpeed config keeps optimizer states off the accelerator (ZeRO-Offload),
-    set by the recipe or by a DeepSpeed JSON: the optimizer must then be DeepSpeed's CPU Adam."""
-    offload = ds_config["zero_optimization"].get("offload_optimizer") or {}
-    return offload.get("device", "none") not in (None, "none")
 
 
 def prepare_model_for_speed(model: torch.nn.Module, section: Any) -> None:
@@ -257,7 +262,7 @@ def prepare_model_for_speed(model: torch.nn.Module, section: Any) -> None:
 def apply_liger(model: torch.nn.Module) -> None:
     """Liger's Triton kernels for the norms, MLP and RoPE of this model (loss stays ours)."""
     try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        import liger_kernel.transformers  # noqa: F401
     except ImportError as exc:
         raise StageInputError(
             "pretrain.liger: the liger-kernel package is not installed (pip install liger-kernel); "
@@ -268,32 +273,7 @@ def apply_liger(model: torch.nn.Module) -> None:
             "pretrain.liger: Liger kernels are Triton GPU kernels and need a CUDA GPU; set "
             "liger: false on this machine"
         )
-    _apply_liger_kernel_to_instance(
-        model=model, cross_entropy=False, fused_linear_cross_entropy=False
-    )
-
-
-def make_accelerator(section: Any, *, use_deepspeed: bool) -> Any:
-    """accelerate's Accelerator: process group (gloo on CPU), device, autocast, fp16 scaling."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[section.precision]
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="no" if use_deepspeed else mixed,
-        # gradients live in DDP's all-reduce buckets instead of beside them: 4 bytes per
-        # parameter less, the same numbers
-        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
-    )
-
-
-def release_accelerator() -> None:
-    """Forget accelerate's process-wide state, so another run in this process starts clean."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    apply_liger_kernel(model, cross_entropy=False, fused_linear_cross_entropy=False)
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -322,7 +302,8 @@ def peak_memory_gb() -> float:
 
 
 class PretrainLoop:
-    """The loop of one pretraining run (built once every check in prepare() passed)."""
+    """Pretraining as a method of the loop shell (loop.Method), built once every check in
+    prepare() passed: one optimizer step, validation, its state, final/."""
 
     def __init__(self, recipe: Any, setup: Setup, accelerator: Any):
         section = recipe.pretrain
@@ -335,47 +316,24 @@ class PretrainLoop:
         self.train_batches = setup.train_batches
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
-        self.run_dir = RunDir(recipe.stage_dir("pretrain"))
         self.model_config = model.config
         self.param_counts = flops_mod.parameter_counts(model)  # before ZeRO-3 partitions it
         self.flops_per_step, self.peak = self._flops_setup(model)
-        betas = (section.beta1, section.beta2)
-        ds_config = setup.ds_config
-        if ds_config is not None and offloads_optimizer(ds_config):
-            optimizer = build_cpu_adam(
-                model,
-                lr=section.lr,
-                weight_decay=section.weight_decay,
-                betas=betas,
-                eps=section.eps,
-            )
-        else:
-            optimizer = build_adamw(
-                model,
-                lr=section.lr,
-                weight_decay=section.weight_decay,
-                betas=betas,
-                eps=section.eps,
-                device=accelerator.device,
-            )
-        self.scheduler = build_scheduler(optimizer, section)
-        if ds_config is not None:
-            self.engine: PlainEngine | DeepSpeedEngine = DeepSpeedEngine(
-                model, optimizer, ds_config
-            )
-            if section.compile:
-                self.engine.engine.compile()
-        else:
-            if section.compile:
-                model = torch.compile(model)
-            self.engine = PlainEngine(accelerator, model, optimizer, section.grad_clip)
+        self.engine: PlainEngine | DeepSpeedEngine = build_engine(
+            model,
+            param_groups(model, section.weight_decay),
+            accelerator=accelerator,
+            ds_config=setup.ds_config,
+            section=section,
+        )
+        self.scheduler = build_scheduler(self.engine.base_optimizer, section)
         self.aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
         self.has_router = bool(getattr(model.config, "output_router_logits", False))
         self.step = 0
+        self.total_steps = section.steps
+        self.evaluate_at_start = bool(section.eval_every)
         self.tokens = 0
-        self.nonfinite_streak = 0
-        self.skipped_steps = 0
-        self.last_checkpoint: Path | None = None
+        self.batches = iter(self.train_batches)
 
     # ------------------------------------------------------------------ set-up
 
@@ -403,9 +361,6 @@ class PretrainLoop:
             log.info("MFU is not reported: set pretrain.peak_tflops to this device's peak TFLOP/s")
         return per_step, peak
 
-    def _barrier(self) -> None:
-        self.accelerator.wait_for_everyone()
-
     def _sum(self, values: torch.Tensor) -> list[float]:
         """Sum a vector over all processes (float64 on the device); returns Python floats."""
         tensor = values.to(device=self.accelerator.device, dtype=torch.float64)
@@ -413,42 +368,12 @@ class PretrainLoop:
             tensor = self.accelerator.reduce(tensor, reduction="sum")
         return tensor.tolist()
 
-    # ------------------------------------------------------------------ run
+    # ------------------------------------------------------------------ the method
 
-    def run(self, *, resume: bool | str | Path | None, overwrite: bool) -> PretrainResult:
-        config_yaml = self.recipe.to_yaml()
-        # every process checks (so every process raises the same error), then rank 0 writes
-        checkpoint = self.run_dir.start(
-            config_yaml, resume=resume, overwrite=overwrite, is_main=False
-        )
-        self._barrier()
-        if self.is_main:
-            self.run_dir.start(config_yaml, resume=resume, overwrite=overwrite)
-        self._barrier()
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        tracker = Tracker(
-            self.run_dir,
-            self.recipe.logging,
-            run_name=f"{self.recipe.name}-pretrain",
-            config=self.recipe.model_dump(mode="json"),
-            is_main=self.is_main,
-            resume_step=self.step if checkpoint is not None else None,
-        )
+    def start_record(self) -> dict[str, Any]:
         if self.is_main:
             self._log_start()
-        try:
-            last = self._loop(tracker)
-            final = self.write_final()
-        finally:
-            tracker.close()
-        return PretrainResult(
-            run_dir=self.run_dir.path,
-            final_dir=final,
-            step=self.step,
-            model=self.engine.module,
-            last_metrics=last,
-        )
+        return {}
 
     def _log_start(self) -> None:
         plan = self.plan
@@ -472,86 +397,13 @@ class PretrainLoop:
             else f"deepspeed zero-{self.engine.zero_stage}",
         )
 
-    def _loop(self, tracker: Tracker) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+    def describe(self, record: dict[str, Any]) -> str:
+        return summary(record)
 
-        section = self.section
-        total = section.steps
-        batches = iter(self.train_batches)
-        # a bar on an interactive terminal (rank 0); in batch logs the log lines below instead
-        interactive = self.is_main and sys.stderr.isatty()
-        progress = tqdm(total=total, initial=self.step, disable=not interactive, desc="pretrain")
-        window_time = 0.0
-        window_steps = 0
-        last_record: dict[str, Any] = {}
-        if self.step == 0 and section.eval_every:
-            baseline = self.evaluate()  # the untrained model, as the curve's starting point
-            if baseline:
-                tracker.log(0, baseline)
-        self.engine.train()
-        while self.step < total:
-            started = time.perf_counter()
-            result = self.train_step(batches)
-            window_time += time.perf_counter() - started
-            window_steps += 1
-            step = self.step  # the step just taken, 1-based
-            self._count_nonfinite(result)
-            record: dict[str, Any] = {}
-            if step % section.log_every == 0 or step == total:
-                record.update(self._train_metrics(result, window_time, window_steps))
-                window_time, window_steps = 0.0, 0
-                progress.set_postfix(loss=f"{result.loss:.4f}")
-                if self.is_main and not interactive:
-                    log.info("step %d/%d: %s", step, total, summary(record))
-            if (section.eval_every and step % section.eval_every == 0) or step == total:
-                record.update(self.evaluate())
-            if record:
-                tracker.log(step, record)
-                last_record = {"step": step, **record}
-            if self.nonfinite_streak == 0 and (
-                (section.save_every and step % section.save_every == 0) or step == total
-            ):
-                self.save_checkpoint()
-            progress.update(1)
-        progress.close()
-        return last_record
-
-    def _count_nonfinite(self, result: StepResult) -> None:
-        """Count a step skipped for a non-finite loss or gradient; stop after too many in a row.
-
-        Under fp16 the loss scaler also skips steps whose gradients overflow while it lowers
-        its scale; those are routine and not counted.
-        """
-        loss_bad = not math.isfinite(result.loss)
-        grad_bad = not result.applied and self.plan.precision != "fp16"
-        if not (loss_bad or grad_bad):
-            self.nonfinite_streak = 0
-            return
-        self.nonfinite_streak += 1
-        self.skipped_steps += 1
-        if self.is_main:
-            what = (
-                f"the loss is {result.loss}"
-                if loss_bad
-                else f"the gradient norm is {result.grad_norm}"
-            )
-            log.warning("step %d: %s; the step was skipped", self.step, what)
-        if self.nonfinite_streak >= self.section.max_nonfinite_steps:
-            kept = (
-                f"the last good checkpoint {self.last_checkpoint} is intact"
-                if self.last_checkpoint
-                else "no checkpoint had been written yet"
-            )
-            first = self.step - self.nonfinite_streak + 1
-            raise TrainingError(
-                f"pretrain stopped: {self.nonfinite_streak} steps in a row ({first}-{self.step}) "
-                f"had a non-finite loss or gradient (pretrain.max_nonfinite_steps is "
-                f"{self.section.max_nonfinite_steps}); {kept}. Lower pretrain.lr, keep grad_clip "
-                "on or use bf16 rather than fp16, then continue with --resume"
-            )
-
-    def train_step(self, batches: Any) -> StepResult:
-        """One optimizer step over grad_accum micro-batches on every process."""
+    def train_step(self, batches: Any = None) -> StepResult:
+        """One optimizer step over grad_accum micro-batches on every process (of `batches`, by
+        default the training data)."""
+        batches = self.batches if batches is None else batches
         plan = self.plan
         device = self.accelerator.device
         micro_inputs: list[ModelInputs] = []
@@ -588,6 +440,12 @@ class PretrainLoop:
         self.scheduler.step()
         self.step += 1
         self.tokens += plan.global_batch_size * plan.seq_len
+        if not math.isfinite(step_loss):
+            nonfinite = f"the loss is {step_loss}"
+        elif not applied and plan.precision != "fp16":
+            nonfinite = f"the gradient norm is {grad_norm}"
+        else:
+            nonfinite = None
         return StepResult(
             loss=step_loss,
             lr=lr,
@@ -596,9 +454,10 @@ class PretrainLoop:
             router_aux_loss=(
                 total_aux / (plan.grad_accum * plan.world_size) if self.has_router else None
             ),
+            nonfinite=nonfinite,
         )
 
-    def _train_metrics(self, result: StepResult, seconds: float, steps: int) -> dict[str, Any]:
+    def step_record(self, result: StepResult, seconds: float, steps: int) -> dict[str, Any]:
         plan = self.plan
         tokens_per_s = steps * plan.global_batch_size * plan.seq_len / max(seconds, 1e-9)
         record: dict[str, Any] = {
@@ -617,8 +476,6 @@ class PretrainLoop:
             record["router_aux_loss"] = result.router_aux_loss
         if not result.applied:
             record["skipped"] = True
-        if self.skipped_steps:
-            record["skipped_steps"] = self.skipped_steps
         return record
 
     # ------------------------------------------------------------------ validation
@@ -675,87 +532,29 @@ class PretrainLoop:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def trainer_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step,
             "tokens": self.tokens,
-            "world_size": self.plan.world_size,
-            "engine": self.engine.name,
-            "zero_stage": self._zero_stage(),
             "objective": self.plan.objective,
             "seq_len": self.plan.seq_len,
             "global_batch_size": self.plan.global_batch_size,
-            "nonfinite_streak": self.nonfinite_streak,
-            "skipped_steps": self.skipped_steps,
-            "scheduler": self.scheduler.state_dict(),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Every rank writes its part under a temporary name; rank 0 renames when all are done."""
-        final = self.run_dir.checkpoint_dir(self.step)
-        tmp = ckpt.temporary_dir(final)
-        if self.is_main:
-            ckpt.remove_stale(tmp)
-            tmp.mkdir(parents=True)
-        self._barrier()
-        self.engine.save(tmp, self.is_main)
-        ckpt.write_rank_state(tmp, self.plan.rank, self.train_batches.state_dict())
-        if self.is_main:
-            ckpt.write_trainer_state(tmp, self.trainer_state())
-        self._barrier()
-        if self.is_main:
-            ckpt.publish(tmp, final)
-            self.run_dir.prune_checkpoints(self.section.keep_last)
-        self._barrier()
-        self.last_checkpoint = final
-        return final
-
-    def _zero_stage(self) -> int:
-        return self.engine.zero_stage if isinstance(self.engine, DeepSpeedEngine) else 0
-
-    def load_checkpoint(self, directory: Path) -> None:
-        state = ckpt.read_trainer_state(directory)
-        ckpt.check_compatible(
-            state, world_size=self.plan.world_size, engine=self.engine.name, where=directory
-        )
-        saved, stage = state.get("zero_stage", self._zero_stage()), self._zero_stage()
-        if saved != stage:
-
-            def label(zero: int) -> str:
-                return f"DeepSpeed ZeRO-{zero}" if zero else "DDP (no ZeRO)"
-
-            raise RunDirError(
-                f"{directory} was written under {label(saved)} and this run uses {label(stage)}; "
-                f"resume with pretrain.deepspeed.zero_stage: {saved} (converting a checkpoint to "
-                "another ZeRO stage is not supported)"
-            )
-        self.engine.load(directory)
-        rng, data_state = ckpt.read_rank_state(directory, self.plan.rank)
-        self.train_batches.load_state_dict(data_state)
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng(rng)
-        self.step = state["step"]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tokens = state["tokens"]
-        self.nonfinite_streak = state["nonfinite_streak"]
-        self.skipped_steps = state["skipped_steps"]
-        self.last_checkpoint = directory
-        if self.is_main:
-            log.info("resumed from %s (step %d)", directory, self.step)
+
+    def rank_state(self) -> dict[str, Any]:
+        return self.train_batches.state_dict()
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        self.train_batches.load_state_dict(state)
+        self.batches = iter(self.train_batches)
 
     # ------------------------------------------------------------------ final model
 
-    def write_final(self) -> Path:
+    def save_final(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         """final/: the trained weights as a Hugging Face directory, with the tokenizer."""
-        state_dict = self.engine.full_state_dict()  # collective under ZeRO-3
-        if self.is_main:
-            module = self.engine.module
-            module.config.use_cache = True
-
-            def writer(tmp: Path) -> None:
-                module.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-                self.data.tokenizer.save_pretrained(str(tmp))
-
-            self.run_dir.save_final(writer)
-            log.info("final model written to %s", self.run_dir.final_dir)
-        self._barrier()
-        return self.run_dir.final_dir
+        module = self.engine.module
+        module.config.use_cache = True
+        module.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+        self.data.tokenizer.save_pretrained(str(directory))

@@ -24,7 +24,7 @@ from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.runtime import pick_device
 from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.prompts import fit_prompts, rl_chat_template
-from llmtrain.train.align.rewards import RewardSet, build_rewards
+from llmtrain.train.align.rewards import RewardSet, build_rewards, reward_search_path
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def run_grpo(recipe: Any, args: Any) -> Any:
     model_dir = run.input_model_dir()
     tokenizer = run.load_tokenizer(model_dir)
     check_vllm(section)
-    from llmtrain.train.align.ppo import compute_dtype, reward_search_path
+    from llmtrain.train.engine import compute_dtype
 
     rewards = build_rewards(
         section.rewards,

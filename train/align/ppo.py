@@ -12,10 +12,14 @@ One iteration:
      the clipped policy loss, the clipped value loss and an optional entropy bonus;
   5. the KL coefficient follows its controller (fixed or adaptive).
 
-The policy and the value model train together as one module on the pretraining engines
-(accelerate for one process or DDP, DeepSpeed ZeRO 1-3); under ZeRO-3 the policy's weights are
-gathered once per rollout for generation. Checkpoints hold the module, optimizer, scheduler,
-RNG, prompt position, KL coefficient and reward statistics; final/ is the policy.
+One iteration is one step of the loop shell (loop.py), which owns the run directory,
+checkpoints, resume, non-finite steps and final/. The policy and the value model train together
+as one module on the engine of engine.build_engine (accelerate for one process or DDP,
+DeepSpeed ZeRO 1-3); under ZeRO-3 the policy's weights are gathered once per rollout for
+generation. Losses are token means over the whole optimizer step: each micro-batch's token sum
+is divided by the minibatch's token count over every process, so neither gradient accumulation
+nor the number of processes changes the gradient. Checkpoints hold the module, optimizer,
+scheduler, RNG, prompt position, KL coefficient and reward statistics; final/ is the policy.
 """
 
 from __future__ import annotations
@@ -33,9 +37,7 @@ import torch
 from torch import nn
 
 from llmtrain.chat import stop_token_ids
-from llmtrain.distributed import build_deepspeed_config, refuse_keys_built_here
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
-from llmtrain.train import checkpoint as ckpt
 from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.ppo_core import (
     AdaptiveKLController,
@@ -58,11 +60,22 @@ from llmtrain.train.align.prompts import (
     fit_prompts,
     rl_chat_template,
 )
-from llmtrain.train.align.rewards import RewardSet, build_rewards
+from llmtrain.train.align.rewards import RewardSet, build_rewards, reward_search_path
 from llmtrain.train.align.rl_config import PPOSection
-from llmtrain.train.align.trl_glue import AlignRun, _finish_generation_config
-from llmtrain.train.engine import DeepSpeedEngine, PlainEngine
-from llmtrain.train.optim import lr_multiplier
+from llmtrain.train.align.trl_glue import AlignRun
+from llmtrain.train.engine import (
+    DeepSpeedEngine,
+    PlainEngine,
+    build_engine,
+    check_precision,
+    compute_dtype,
+    engine_deepspeed_config,
+    make_accelerator,
+    release_accelerator,
+)
+from llmtrain.train.loop import TrainingLoop
+from llmtrain.train.optim import lr_multiplier, param_groups
+from llmtrain.train.stage_run import finish_generation_config
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +83,13 @@ log = logging.getLogger(__name__)
 def run_ppo(recipe: Any, args: Any) -> Path:
     section: PPOSection = recipe.section("ppo")
     run = AlignRun(recipe, "ppo", section)
-    trainer = PPOTrainer(recipe, section, run)
-    run.start(resume=getattr(args, "resume", None), overwrite=getattr(args, "overwrite", False))
-    return trainer.train()
+    try:
+        trainer = PPOTrainer(recipe, section, run)
+        return TrainingLoop(trainer, run, trainer.accelerator, section).run(
+            resume=getattr(args, "resume", None), overwrite=getattr(args, "overwrite", False)
+        )
+    finally:
+        release_accelerator()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,25 +166,6 @@ def load_value_model(source: Path | None, policy_dir: Path, dtype: Any, **kwargs
     return model
 
 
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype frozen models (reference, reward models) run in."""
-    if not torch.cuda.is_available():
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-
-
-def make_accelerator(section: PPOSection) -> Any:
-    """accelerate's Accelerator (process group, device); autocast unless DeepSpeed runs the
-    precision itself."""
-    from accelerate import Accelerator
-
-    on_gpu = torch.cuda.is_available()
-    if section.precision == "fp16" and not on_gpu:
-        raise RecipeError("ppo.precision: fp16 needs a GPU; use bf16 or fp32")
-    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[section.precision]
-    return Accelerator(cpu=not on_gpu, mixed_precision="no" if section.deepspeed else mixed)
-
-
 def disable_dropout(model: nn.Module) -> None:
     """No dropout: the rollout's log-probs and the update's must come from the same function
     (TRL does the same)."""
@@ -196,15 +194,6 @@ def frozen_under_deepspeed(
     return engine
 
 
-def reward_search_path(recipe: Any) -> list[Path]:
-    """Where a user reward function's module is looked for besides sys.path: the current
-    directory and the recipe's folder."""
-    paths = [Path.cwd()]
-    if getattr(recipe, "source", None) is not None:
-        paths.append(Path(recipe.source).parent)
-    return list(dict.fromkeys(paths))
-
-
 def response_logprobs(
     logits: torch.Tensor, input_ids: torch.Tensor, width: int, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +206,13 @@ def response_logprobs(
 
 # ---------------------------------------------------------------------------------------------
 # The trainer
+
+
+@dataclass
+class PPOStep:
+    metrics: dict[str, Any]
+    nonfinite: str | None
+    """Set when an update of the iteration was skipped for a non-finite loss or gradient."""
 
 
 @dataclass
@@ -243,7 +239,9 @@ class PPOTrainer:
         self._check_batches()
         policy_dir = run.input_model_dir()
         self.tokenizer = run.load_tokenizer(policy_dir)
-        self.accelerator = make_accelerator(section)
+        check_precision(section.precision, "ppo")
+        config = self._deepspeed_config()
+        self.accelerator = make_accelerator(section, use_deepspeed=config is not None)
         self.device = self.accelerator.device
         self.compute_dtype = compute_dtype(section.precision)
         self.counts: dict[str, int] = {}
@@ -273,14 +271,13 @@ class PPOTrainer:
             )
         self.rewards = build_rewards(
             section.rewards,
-            default_reward_model=recipe.stage_dir("rm") / "final",
+            default_reward_model=recipe.input_dir("ppo", "reward_model") / "final",
             method="ppo",
             search_path=reward_search_path(recipe),
             device=self.device,
             dtype=self.compute_dtype,
             trust_remote_code=section.trust_remote_code,
         )
-        config = self._deepspeed_config()
         remote = {"trust_remote_code": section.trust_remote_code}
         # trained weights stay fp32 (autocast, or DeepSpeed's fp32 master copy); the frozen
         # reference runs in the compute dtype
@@ -303,29 +300,21 @@ class PPOTrainer:
                 )
         policy.config.use_cache = False
         module = PolicyAndValue(policy, value)
-        groups = [
-            {"params": list(policy.parameters()), "lr": section.lr},
-            {"params": list(value.parameters()), "lr": section.value_lr or section.lr},
-        ]
-        adam = dict(betas=(section.beta1, section.beta2), eps=section.eps)
-        if config is not None and config["zero_optimization"].get("offload_optimizer"):
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            optimizer: Any = DeepSpeedCPUAdam(
-                groups, weight_decay=section.weight_decay, adamw_mode=True, **adam
-            )
-        else:
-            optimizer = torch.optim.AdamW(groups, weight_decay=section.weight_decay, **adam)
+        # decay on weight matrices only (optim.param_groups), the value model at value_lr
+        groups = param_groups(policy, section.weight_decay, lr=section.lr) + param_groups(
+            value, section.weight_decay, lr=section.value_lr or section.lr
+        )
         self.total_steps = section.max_steps or max(
             1, math.ceil(section.epochs * len(self.prompts) / section.rollout_batch_size)
         )
         updates = section.ppo_epochs * section.rollout_batch_size // section.global_batch_size
         self.total_updates = self.total_steps * updates
+        self.engine: PlainEngine | DeepSpeedEngine = build_engine(
+            module, groups, accelerator=self.accelerator, ds_config=config, section=section
+        )
         if config is not None:
-            self.engine: PlainEngine | DeepSpeedEngine = DeepSpeedEngine(module, optimizer, config)
             self.reference = frozen_under_deepspeed(reference, config, self.device)
         else:
-            self.engine = PlainEngine(self.accelerator, module, optimizer, section.grad_clip)
             self.reference = reference.to(self.device)
         self.gathers = 0  # ZeRO-3: times the policy was gathered for generation
         self._holding_weights = False
@@ -351,6 +340,7 @@ class PPOTrainer:
             self.kl = FixedKLController(section.kl_coef)
         self.score_moments = RunningMoments()
         self.step = 0
+        self.evaluate_at_start = bool(self.eval_prompts)
         self.position = 0  # prompts consumed, over all processes
         self._order: tuple[int, list[int]] | None = None  # (epoch, its prompt order)
 
@@ -361,30 +351,18 @@ class PPOTrainer:
         return self.section.global_batch_size // (self.section.micro_batch_size * self.world)
 
     def _deepspeed_config(self) -> dict[str, Any] | None:
-        section = self.section
-        if section.deepspeed is None:
-            return None
-        config = build_deepspeed_config(
-            section.deepspeed,
-            micro_batch_size=section.micro_batch_size,
-            grad_accum_steps=self.accum_steps,
-            world_size=self.world,
-            precision=section.precision,
-            grad_clip=section.grad_clip,
+        return engine_deepspeed_config(
+            self.section,
             where="ppo",
-        )
-        refuse_keys_built_here(
-            config,
-            section.deepspeed,
-            "ppo",
-            "PPO",
-            {
+            grad_accum=self.accum_steps,
+            world_size=self.world,
+            builder="PPO",
+            built={
                 "optimizer": "AdamW over the policy and the value model from ppo.lr and value_lr",
                 "scheduler": "the schedule from ppo.schedule, warmup_steps or warmup_ratio and "
                 "min_lr_ratio",
             },
         )
-        return config
 
     def _check_batches(self) -> None:
         section, world = self.section, self.world
@@ -400,41 +378,56 @@ class PPOTrainer:
                 f"{world} processes"
             )
 
-    # -- the loop ------------------------------------------------------------------------------
+    # -- the method of the loop shell ----------------------------------------------------------
 
-    def train(self) -> Path:
-        run = self.run
-        if run.resume_from is not None:
-            self.load_checkpoint(run.resume_from)
-        elif self.env.is_main:
-            run.log_data({**self.data_metrics, **{f"data/{k}": v for k, v in self.counts.items()}})
-        tracker = run.tracker
-        try:
-            if self.step == 0 and self.eval_prompts:
-                tracker.log(0, self.evaluate())
-            while self.step < self.total_steps:
-                self.step += 1
-                metrics = self.iteration()
-                last = self.step == self.total_steps
-                if self.eval_prompts and (
-                    last or (self.section.eval_every and self.step % self.section.eval_every == 0)
-                ):
-                    metrics.update(self.evaluate())
-                if last or self.step % self.section.log_every == 0 or "eval/reward_mean" in metrics:
-                    tracker.log(self.step, metrics)
-                    if self.env.is_main:
-                        log.info(
-                            "ppo step %d/%d: reward %.3f, kl %.3f",
-                            self.step,
-                            self.total_steps,
-                            metrics["reward/mean"],
-                            metrics["kl"],
-                        )
-                if last or (self.section.save_every and self.step % self.section.save_every == 0):
-                    self.save_checkpoint()
-            return self.write_final()
-        finally:
-            tracker.close()
+    def train_step(self) -> PPOStep:
+        """One iteration: rollout, scoring, ppo_epochs of updates, the KL controller."""
+        self.step += 1
+        metrics = self.iteration()
+        skipped = metrics.pop("skipped_updates")
+        nonfinite = (
+            f"{skipped} of its updates had a non-finite loss or gradient" if skipped else None
+        )
+        return PPOStep(metrics, nonfinite)
+
+    def step_record(self, result: PPOStep, seconds: float, steps: int) -> dict[str, Any]:
+        return result.metrics
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return f"reward {record['reward/mean']:.3f}, kl {record['kl']:.3f}"
+
+    def start_record(self) -> dict[str, Any]:
+        return {**self.data_metrics, **{f"data/{k}": v for k, v in self.counts.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "kl": self.kl.state_dict(),
+            "score_moments": self.score_moments.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl.load_state_dict(state["kl"])
+        self.score_moments.load_state_dict(state["score_moments"])
+        self.position = state["position"]
+
+    def rank_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save_final(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
+        """final/ is the policy, with the tokenizer and the chat's end-of-turn token."""
+        policy = self.engine.module.policy
+        policy_state = {
+            k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")
+        }
+        policy.config.use_cache = True
+        policy.save_pretrained(str(directory), state_dict=policy_state, safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+        turn_end = next((i for i in self.stop_ids if i != self.tokenizer.eos_token_id), None)
+        finish_generation_config(directory, self.tokenizer, turn_end)
 
     def _batch_prompts(self) -> list[FittedPrompt]:
         """This process's share of the next rollout batch (epochs reshuffled from the seed)."""
@@ -661,31 +654,62 @@ class PPOTrainer:
     # -- update --------------------------------------------------------------------------------
 
     def update(self, rollout: Rollout) -> dict[str, float]:
+        """ppo_epochs passes over the rollout in minibatches of global_batch_size sequences,
+        one optimizer update each; the statistics are means over the updates, and
+        `skipped_updates` counts updates skipped for a non-finite loss or gradient."""
         section = self.section
         per_rank = section.global_batch_size // self.world
         total = len(rollout.input_ids)
         sums: dict[str, float] = {}
-        updates = 0
+        updates = skipped = 0
         generator = torch.Generator().manual_seed(self.run.seed * 7919 + self.step)
         for _ in range(section.ppo_epochs):
             order = torch.randperm(total, generator=generator)
             for first in range(0, total, per_rank):
                 minibatch = order[first : first + per_rank]
-                stats = self._minibatch(rollout, minibatch)
+                stats, applied = self._minibatch(rollout, minibatch)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 updates += 1
+                skipped += not applied
         result = {key: value / updates for key, value in sums.items()}
         result["explained_variance"] = explained_variance(
             rollout.old_values, rollout.returns, rollout.mask
         )
+        result["skipped_updates"] = skipped
         return result
 
-    def _minibatch(self, rollout: Rollout, indices: torch.Tensor) -> dict[str, float]:
+    def _minibatch(self, rollout: Rollout, indices: torch.Tensor) -> tuple[dict[str, float], bool]:
+        """One optimizer update on this process's share `indices` of a minibatch: (statistics,
+        whether the update was applied; a non-finite loss or gradient skips it)."""
+        stats, loss = self.accumulate(rollout, indices)
+        applied, grad_norm = self.engine.step(skip=not math.isfinite(loss))
+        self.scheduler.step()
+        if grad_norm is not None and math.isfinite(grad_norm):
+            stats["grad_norm"] = grad_norm
+        fp16_overflow = not applied and math.isfinite(loss) and self.section.precision == "fp16"
+        return stats, applied or fp16_overflow
+
+    def accumulate(self, rollout: Rollout, indices: torch.Tensor) -> tuple[dict[str, float], float]:
+        """Forward and backward over the micro-batches of `indices`, leaving the minibatch's
+        gradient; returns (statistics, this process's share of the loss).
+
+        Every loss is a token mean over the whole minibatch: a micro-batch's token sum divided
+        by the minibatch's token count over every process (times the world size, which DDP and
+        DeepSpeed average over), so every token weighs the same however the minibatch is split
+        into micro-batches and processes. The logged losses are this process's token means."""
         section = self.section
         micro = section.micro_batch_size
         chunks = [indices[i : i + micro] for i in range(0, len(indices), micro)]
+        local_tokens = float(rollout.mask[indices].sum())
+        global_tokens = local_tokens
+        if self.world > 1:
+            tokens = torch.tensor([local_tokens], dtype=torch.float64, device=self.device)
+            global_tokens = float(self.accelerator.reduce(tokens, reduction="sum")[0])
+        count = max(global_tokens, 1.0) / self.world
+        to_local_mean = count / max(local_tokens, 1.0)
         stats: dict[str, float] = {}
+        total_loss = 0.0
         for number, chunk in enumerate(chunks):
             last = number == len(chunks) - 1
             with self.engine.micro_batch(last=last):
@@ -708,6 +732,7 @@ class PPOTrainer:
                     rollout.advantages[chunk],
                     mask,
                     section.cliprange,
+                    count=count,
                 )
                 value_loss, value_clip = clipped_value_loss(
                     values,
@@ -715,30 +740,33 @@ class PPOTrainer:
                     rollout.returns[chunk],
                     mask,
                     section.cliprange_value,
+                    count=count,
                 )
-                entropy = masked_mean(entropy_from_logits(logits), mask)
+                entropy = masked_mean(entropy_from_logits(logits), mask, count)
                 loss = policy.loss + section.vf_coef * value_loss - section.entropy_coef * entropy
-                self.engine.backward(loss / len(chunks))
+                self.engine.backward(loss)
+            total_loss += float(loss.detach())
             for key, value in (
                 ("policy_loss", policy.loss),
                 ("value_loss", value_loss),
                 ("entropy", entropy),
+            ):
+                stats[key] = stats.get(key, 0.0) + float(value.detach()) * to_local_mean
+            for key, value in (
                 ("clip_fraction", policy.clip_fraction),
                 ("value_clip_fraction", value_clip),
                 ("approx_kl", policy.approx_kl),
                 ("ratio", policy.ratio_mean),
             ):
-                stats[key] = stats.get(key, 0.0) + float(value.detach()) / len(chunks)
-        _, grad_norm = self.engine.step(skip=False)
-        self.scheduler.step()
-        if grad_norm is not None and math.isfinite(grad_norm):
-            stats["grad_norm"] = grad_norm
-        return stats
+                stats[key] = stats.get(key, 0.0) + float(value) / len(chunks)
+        return stats, total_loss
 
     # -- evaluation ----------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
         """Greedy completions of the held-out prompts: mean reward (and each reward's)."""
+        if not self.eval_prompts:
+            return {}
         share = self.eval_prompts[self.env.rank :: self.world]
         totals: list[float] = []
         per_reward: dict[str, list[float]] = {}
@@ -789,71 +817,3 @@ class PPOTrainer:
         if count < 2:
             return 0.0
         return math.sqrt(max(squares - total * total / count, 0.0) / (count - 1))
-
-    # -- checkpoints and final/ ----------------------------------------------------------------
-
-    def trainer_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "position": self.position,
-            "kl": self.kl.state_dict(),
-            "score_moments": self.score_moments.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "world_size": self.world,
-            "engine": self.engine.name,
-        }
-
-    def save_checkpoint(self) -> Path:
-        final = self.run.run_dir.checkpoint_dir(self.step)
-        tmp = ckpt.temporary_dir(final)
-        if self.env.is_main:
-            ckpt.remove_stale(tmp)
-            tmp.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.engine.save(tmp, self.env.is_main)
-        ckpt.write_rank_state(tmp, self.env.rank, {"position": self.position})
-        if self.env.is_main:
-            ckpt.write_trainer_state(tmp, self.trainer_state())
-        self.accelerator.wait_for_everyone()
-        if self.env.is_main:
-            ckpt.publish(tmp, final)
-            self.run.run_dir.prune_checkpoints(self.section.keep_last)
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, directory: Path) -> None:
-        state = ckpt.read_trainer_state(directory)
-        ckpt.check_compatible(
-            state, world_size=self.world, engine=self.engine.name, where=directory
-        )
-        self.engine.load(directory)
-        rng, _ = ckpt.read_rank_state(directory, self.env.rank)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.kl.load_state_dict(state["kl"])
-        self.score_moments.load_state_dict(state["score_moments"])
-        self.step, self.position = state["step"], state["position"]
-        ckpt.restore_rng(rng)
-        if self.env.is_main:
-            log.info("resumed PPO from %s (step %d)", directory, self.step)
-
-    def write_final(self) -> Path:
-        state = self.engine.full_state_dict()  # collective under ZeRO-3
-        if self.env.is_main:
-            policy = self.engine.module.policy
-            policy_state = {
-                k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")
-            }
-
-            def writer(tmp: Path) -> None:
-                policy.config.use_cache = True
-                policy.save_pretrained(str(tmp), state_dict=policy_state, safe_serialization=True)
-                self.tokenizer.save_pretrained(str(tmp))
-                turn_end = next(
-                    (i for i in self.stop_ids if i != self.tokenizer.eos_token_id), None
-                )
-                _finish_generation_config(tmp, self.tokenizer, turn_end)
-
-            self.run.run_dir.save_final(writer)
-            log.info("final policy: %s", self.run.run_dir.final_dir)
-        self.accelerator.wait_for_everyone()
-        return self.run.run_dir.final_dir

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, count: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of the masked entries over `count` (default: the number of masked entries). A loss
+    over part of a step passes the step's token count, so that every token of the step weighs
+    the same however the step is split into micro-batches and processes."""
+    return (values * mask).sum() / (mask.sum().clamp(min=1) if count is None else count)
 
 
 def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -113,13 +118,15 @@ def clipped_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     cliprange: float,
+    count: float | torch.Tensor | None = None,
 ) -> PolicyLoss:
-    """PPO's clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1 - e, 1 + e))."""
+    """PPO's clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1 - e, 1 + e)) (the
+    loss's sum over `count` tokens when given, see masked_mean; the statistics are means)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, count)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # k3, non-negative
@@ -133,13 +140,14 @@ def clipped_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     cliprange_value: float,
+    count: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(0.5 x mean of max((V - R)^2, (V_clipped - R)^2), share of tokens clipped), with
-    V_clipped = V_old + clip(V - V_old, -c, c)."""
+    V_clipped = V_old + clip(V - V_old, -c, c); the loss's sum over `count` tokens when given."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask, count)
     with torch.no_grad():
         fraction = masked_mean((clipped_loss > unclipped_loss).float(), mask)
     return loss, fraction

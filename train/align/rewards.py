@@ -433,3 +433,12 @@ def _build_one(
     return RewardModelScore(
         path, section.batch_size, device=device, dtype=dtype, trust_remote_code=trust_remote_code
     )
+
+
+def reward_search_path(recipe: Any) -> list[Path]:
+    """Where a user reward function's module is looked for besides sys.path: the current
+    directory and the recipe's folder."""
+    paths = [Path.cwd()]
+    if getattr(recipe, "source", None) is not None:
+        paths.append(Path(recipe.source).parent)
+    return list(dict.fromkeys(paths))

@@ -151,6 +151,10 @@ class PPOSection(RLSection):
     eval_max_prompts: int = Field(default=64, gt=0)
     """Held-out prompts scored (greedy) at each evaluation."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """On weight matrices only (not norms, biases or embeddings), as in every stage."""
+    max_nonfinite_steps: int = Field(default=5, gt=0)
+    """An update with a non-finite loss or gradient norm is skipped; this many iterations in a
+    row with such updates stop the run (the last checkpoint stays intact)."""
 
     @model_validator(mode="after")
     def _rollout_is_whole_minibatches(self) -> PPOSection:

@@ -1,5 +1,9 @@
 """Our recipe around TRL's trainers, shared by every TRL-backed method (sft, rm, dpo, grpo).
 
+`AlignRun` is a `StageRun` (stage_run.py: inputs, seed, run directory and tracker, tokenizer,
+final/'s generation config, shared with the stages on our own loop shell) plus what a TRL
+trainer needs: its arguments, datasets, LoRA, callbacks, checkpoints and final/ from a trainer.
+
     run = AlignRun(recipe, "sft", section)             # checks the recipe's input files
     model_dir = run.input_model_dir()
     tokenizer = run.load_tokenizer(model_dir)
@@ -36,15 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.atomic import atomic_path
-from llmtrain.distributed import build_deepspeed_config
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.rundir import RunDir
-from llmtrain.runtime import dist_env, seed_everything
 from llmtrain.tracking import Tracker
+from llmtrain.train.stage_run import StageRun, finish_generation_config
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 ALIGN_METHODS = ("sft", "rm", "dpo", "ppo", "grpo")
 SKIPPED_LOG_KEYS = ("total_flos",)
 
@@ -56,42 +58,12 @@ def stage_command(stage: str) -> str:
     return f"llmtrain {stage} RECIPE"
 
 
-def step_of(checkpoint: Path | None) -> int | None:
-    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
-
-
-class AlignRun:
-    """One run of a TRL-backed method: inputs, run directory, tracker, arguments and final/.
+class AlignRun(StageRun):
+    """One run of an alignment method: inputs, run directory, tracker, arguments and final/.
 
     Nothing is written until `start()`, which a method calls once its inputs (model,
     tokenizer, data) have been checked, so a mistake leaves no run directory behind.
     """
-
-    def __init__(self, recipe: Any, method: str, section: Any):
-        recipe.check_inputs(method)
-        self.recipe = recipe
-        self.method = method
-        self.section = section
-        self.env = dist_env()
-        self.seed = section.seed if section.seed is not None else recipe.seed
-        seed_everything(self.seed)
-        self.run_dir = RunDir(recipe.stage_dir(method))
-        self.resume_from: Path | None = None
-        self.tracker: Tracker | None = None
-
-    def start(self, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> None:
-        """Prepare the run directory (see RunDir.start) and the tracker."""
-        self.resume_from = self.run_dir.start(
-            self.recipe.to_yaml(), resume=resume, overwrite=overwrite, is_main=self.env.is_main
-        )
-        self.tracker = Tracker(
-            self.run_dir,
-            self.recipe.logging,
-            run_name=f"{self.recipe.name}-{self.method}",
-            config=self.recipe.model_dump(mode="json"),
-            is_main=self.env.is_main,
-            resume_step=step_of(self.resume_from),
-        )
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -158,34 +130,6 @@ class AlignRun:
         }
         return train_rows, val_rows, metrics
 
-    def load_tokenizer(self, model_dir: Path) -> Any:
-        """The tokenizer of `<method>.tokenizer`, else of the model directory; pad = eos if unset."""
-        from transformers import AutoTokenizer
-
-        where = self.section.tokenizer or model_dir
-        key = f"{self.method}.tokenizer" if self.section.tokenizer else f"{self.method}.model"
-        if not any((Path(where) / name).is_file() for name in TOKENIZER_FILES):
-            raise StageInputError(
-                f"{key}: {where} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save the "
-                f"tokenizer into the model directory (tokenizer.save_pretrained) or set "
-                f"{self.method}.tokenizer to a tokenizer directory"
-            )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(where), trust_remote_code=self.section.trust_remote_code
-            )
-        except (OSError, ValueError, TypeError) as exc:
-            raise StageInputError(f"{key}: cannot load the tokenizer in {where} ({exc})") from exc
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise StageInputError(
-                    f"{key}: the tokenizer in {where} has neither a pad nor an eos token; "
-                    "add one (tokenizer.add_special_tokens) and save it again"
-                )
-            log.info("the tokenizer has no pad token; padding with eos %r", tokenizer.eos_token)
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
     def model_kwargs(self, *, quantized: bool = True) -> dict[str, Any]:
         """from_pretrained arguments: dtype, remote code, QLoRA quantization (unless not
         `quantized`: the full-precision base an adapter is merged into)."""
@@ -201,15 +145,6 @@ class AlignRun:
             kwargs["dtype"] = torch.bfloat16
         return kwargs
 
-    def check_vocab(self, model: Any, tokenizer: Any, model_dir: Path) -> None:
-        rows = model.get_input_embeddings().num_embeddings
-        if len(tokenizer) > rows:
-            raise StageInputError(
-                f"{self.method}: the tokenizer has {len(tokenizer)} tokens but the model in "
-                f"{model_dir} has {rows} embedding rows; they do not belong together: use the "
-                f"tokenizer the model was trained with (set {self.method}.tokenizer)"
-            )
-
     # -- trainer arguments ---------------------------------------------------------------------
 
     def grad_accum_steps(self) -> int:
@@ -224,27 +159,25 @@ class AlignRun:
         return section.global_batch_size // per_step
 
     def deepspeed_config(self) -> dict[str, Any] | None:
-        section = self.section
-        if section.deepspeed is None:
-            return None
-        return build_deepspeed_config(
-            section.deepspeed,
-            micro_batch_size=section.micro_batch_size,
-            grad_accum_steps=self.grad_accum_steps(),
-            world_size=self.env.world_size,
-            precision=section.precision,
-            grad_clip=section.grad_clip,
+        """The Trainer's DeepSpeed dict; None (plain DDP) without a section or at zero_stage 0."""
+        from llmtrain.train.engine import engine_deepspeed_config
+
+        return engine_deepspeed_config(
+            self.section,
             where=self.method,
+            grad_accum=self.grad_accum_steps(),
+            world_size=self.env.world_size,
         )
 
     def training_args(self, config_cls: type, *, has_validation: bool, **extra: Any) -> Any:
         """A TRL config (SFTConfig, RewardConfig, DPOConfig, GRPOConfig, ...) from the section."""
         import torch
 
+        from llmtrain.train.engine import check_precision
+
         section = self.section
         on_gpu = torch.cuda.is_available()
-        if section.precision == "fp16" and not on_gpu:
-            raise RecipeError(f"{self.method}.precision: fp16 needs a GPU; use bf16 or fp32")
+        check_precision(section.precision, self.method)
         schedule = {
             "cosine": "cosine_with_min_lr",
             "linear": "linear",
@@ -336,13 +269,6 @@ class AlignRun:
 
     # -- running -------------------------------------------------------------------------------
 
-    def log_data(self, metrics: dict[str, Any]) -> None:
-        """Data counts as the step-0 record of metrics.jsonl (once, not again on resume)."""
-        for key, value in metrics.items():
-            log.info("%s: %s", key, value)
-        if self.resume_from is None and self.tracker is not None:
-            self.tracker.log(0, metrics)
-
     def train(self, trainer: Any) -> Any:
         """trainer.train(), from the resume checkpoint if any. Nothing is unpickled: DeepSpeed
         0.19 loads its checkpoint files with weights_only=False, so it is made to load them
@@ -402,7 +328,7 @@ class AlignRun:
                 for item in staging.iterdir():
                     os.replace(item, tmp / item.name)
                 tokenizer.save_pretrained(str(tmp))
-                _finish_generation_config(tmp, tokenizer, end_of_turn_id)
+                finish_generation_config(tmp, tokenizer, end_of_turn_id)
                 for leftover in ("training_args.bin", "README.md"):
                     (tmp / leftover).unlink(missing_ok=True)
 
@@ -419,22 +345,6 @@ def _merge_adapter(base: Any, adapter_dir: Path, out_dir: Path) -> None:
 
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out_dir))
-
-
-def _finish_generation_config(model_dir: Path, tokenizer: Any, end_of_turn_id: int | None) -> None:
-    """eos ids = the chat end-of-turn token and the tokenizer's eos; pad id set (causal LMs;
-    a sequence classifier has no generation config)."""
-    from transformers import GenerationConfig
-
-    if not (model_dir / "generation_config.json").is_file():
-        return
-    config = GenerationConfig.from_pretrained(str(model_dir))
-    eos = config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    wanted = [i for i in (end_of_turn_id, tokenizer.eos_token_id) if i is not None]
-    config.eos_token_id = list(dict.fromkeys([*wanted, *eos]))
-    config.pad_token_id = tokenizer.pad_token_id
-    config.save_pretrained(str(model_dir))
 
 
 def qlora_quantization(kind: str, method: str) -> Any:
