@@ -216,9 +216,11 @@ def _config_schema(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from llmtrain.compat import check_versions
     from llmtrain.runtime import setup_logging
 
     setup_logging(debug=args.debug)
+    check_versions()  # warns when an installed dependency is outside its tested range
     try:
         args.func(args)
     except LLMTrainError as exc:

@@ -36,6 +36,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
 )
 
+from llmtrain.compat import set_attn_implementation, supports_attention
 from llmtrain.errors import StageInputError
 from llmtrain.train.config import ModelSection
 from llmtrain.train.presets import FAMILY_OBJECTIVE, MOE_FAMILIES
@@ -290,20 +291,20 @@ def resolve_attn_implementation(model_class: type, requested: str | None) -> str
             raise StageInputError(
                 "model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa"
             )
-        if not getattr(model_class, "_supports_flash_attn", False):
+        if not supports_attention(model_class, "flash_attention_2"):
             raise StageInputError(
                 f"model.attn_implementation: {model_class.__name__} does not support "
                 "flash_attention_2; use sdpa or eager"
             )
         return requested
-    if requested == "sdpa" and not getattr(model_class, "_supports_sdpa", False):
+    if requested == "sdpa" and not supports_attention(model_class, "sdpa"):
         raise StageInputError(
             f"model.attn_implementation: {model_class.__name__} does not support sdpa; "
             "use eager (or leave it unset)"
         )
     if requested is not None:
         return requested
-    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+    return "sdpa" if supports_attention(model_class, "sdpa") else "eager"
 
 
 def create_model(
@@ -326,8 +327,8 @@ def create_model(
         return model
     config = config_for_tokenizer(section, tokenizer)
     model_class = CLASS_MAPPING[objective][type(config)]
-    config._attn_implementation = resolve_attn_implementation(
-        model_class, section.attn_implementation
+    set_attn_implementation(
+        config, resolve_attn_implementation(model_class, section.attn_implementation)
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

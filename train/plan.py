@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtrain.compat import attn_implementation
 from llmtrain.errors import RecipeError
 from llmtrain.recipe import Recipe
 from llmtrain.train.config import SpanSection
@@ -162,7 +163,7 @@ def activation_elements_per_token(config: Any, family: str, seq_len: int) -> flo
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
     q = heads * head_dim
-    eager = getattr(config, "_attn_implementation", None) == "eager"
+    eager = attn_implementation(config) == "eager"
     scores = 2.0 * heads * seq_len if eager else 0.0
     if family == "gpt2":
         inner = getattr(config, "n_inner", None) or 4 * hidden

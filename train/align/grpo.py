@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 from llmtrain.chat import end_of_turn_token_id, stop_token_ids
+from llmtrain.compat import trainer_metrics
 from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.runtime import pick_device
 from llmtrain.train.align.chat_data import load_examples
@@ -113,7 +114,7 @@ def grpo_trainer_class() -> type:
             trainer = self.trainer
             step = self.clock.lap()
             phases = trainer._phases
-            metrics = trainer._metrics["train"]
+            metrics = trainer_metrics(trainer, "train")
             metrics["time/generation"].append(phases["generation"])
             metrics["time/scoring"].append(phases["scoring"])
             metrics["time/training"].append(step - phases["generation"] - phases["scoring"])

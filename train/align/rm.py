@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from llmtrain.compat import add_train_tokens, trainer_metrics
 from llmtrain.errors import StageInputError
 from llmtrain.train.align.chat_data import (
     load_examples,
@@ -84,11 +85,12 @@ def reward_trainer_class() -> type:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean(
                     (chosen + rejected) ** 2
                 )
-            metrics = self._metrics[mode]
+            metrics = trainer_metrics(self, mode)
+            tokens = 0
             if mode == "train":
                 tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum())
-                self._total_train_tokens += int(tokens.sum().item())
-            metrics["num_tokens"] = [self._total_train_tokens]
+                tokens = int(tokens.sum().item())
+            metrics["num_tokens"] = [add_train_tokens(self, tokens)]
             with torch.no_grad():
                 every = self.accelerator.gather(scores.detach())
                 metrics["min_reward"].append(every.min().item())
