@@ -68,6 +68,9 @@ class RecipeBase(Section):
     """Root of all outputs: each stage writes <output_dir>/<stage>/."""
     seed: int = 1234
     """Seed for every random choice (sampling, shuffling, initialisation, masking)."""
+    license: str | None = None
+    """Licence of the trained models, as a Hugging Face licence id (e.g. apache-2.0, mit,
+    cc-by-4.0, other): the `license` of the model card every final/ gets; null: not stated."""
     logging: LoggingSection = LoggingSection()
 
     _source: Path | None = PrivateAttr(default=None)

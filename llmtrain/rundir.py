@@ -119,11 +119,30 @@ class RunDir:
             )
 
     def save_final(self, writer: Any) -> Path:
-        """Write final/ atomically: `writer(tmp_dir)` fills a temporary directory."""
+        """Write final/ atomically: `writer(tmp_dir)` fills a temporary directory; then the KV
+        cache is switched on in its configs and the model card (README.md) is written."""
+        from llmtrain.model_card import write_model_card
+
         with atomic_path(self.final_dir) as tmp:
             tmp.mkdir(parents=True)
             writer(tmp)
+            enable_kv_cache(tmp)
+            write_model_card(tmp, self.path)
         return self.final_dir
+
+
+def enable_kv_cache(model_dir: Path) -> None:
+    """`use_cache: true` in config.json and generation_config.json: training runs with the
+    cache off, but a saved model must generate with it (else transformers re-feeds the whole
+    sequence for every new token)."""
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if config.get("use_cache") is not True:
+            config["use_cache"] = True
+            atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class MetricsLog:
