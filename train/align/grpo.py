@@ -274,6 +274,9 @@ def run_grpo(recipe: Any, args: Any) -> Any:
         ),
         disable_dropout=True,
         log_completions=False,
+        # rollouts with the KV cache: TRL's GenerationConfig otherwise takes use_cache from the
+        # model's generation_config, false in models saved before the cache was switched on
+        generation_kwargs={"use_cache": True},
     )
     if section.deepspeed is not None and section.deepspeed.zero_stage == 3:
         # TRL loads the reference model under ZeRO-3's zero.Init, whose config counts the
