@@ -1,5 +1,6 @@
 """`llmtrain align --method ppo` on the small-sums task."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
@@ -295,3 +297,184 @@ def test_text_prompts_need_no_chat_template(rl_policy):
     assert stop_token_ids(tokenizer, None) == [tokenizer.eos_token_id]
     with pytest.raises(StageInputError, match=r"has no chat template and the recipe sets none"):
         rl_chat_template(tokenizer, "tokenizer", text + chat, method="ppo", tokenizer_dir="x")
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO on the shared training core: the rules every stage follows
+
+
+@contextlib.contextmanager
+def ppo_trainer(path: Path, overrides=()):
+    from llmtrain.train.align.ppo import PPOTrainer
+    from llmtrain.train.align.trl_glue import AlignRun
+    from llmtrain.train.engine import release_accelerator
+
+    recipe = load_recipe(path, list(overrides))
+    section = recipe.section("ppo")
+    try:
+        yield PPOTrainer(recipe, section, AlignRun(recipe, "ppo", section))
+    finally:
+        release_accelerator()
+
+
+def test_ppo_decays_weight_matrices_only(rl_policy, tmp_path):
+    """Norms, biases and embeddings are not decayed (the rule of every stage); the value model
+    trains at value_lr."""
+    from llmtrain.train.optim import decayed_parameter_names
+
+    path = rl_recipe(tmp_path, "ppo", rl_policy, weight_decay=0.1, value_lr=1.0e-3)
+    with ppo_trainer(path) as trainer:
+        module = trainer.engine.module
+        groups = trainer.engine.base_optimizer.param_groups
+        decayed = {id(p) for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+        expected = dict(module.named_parameters())
+        assert decayed == {id(expected[name]) for name in decayed_parameter_names(module)}
+        assert id(module.policy.get_input_embeddings().weight) not in decayed
+        assert id(module.policy.model.norm.weight) not in decayed
+        assert id(module.policy.model.layers[0].mlp.up_proj.weight) in decayed
+        value_ids = {id(p) for p in module.value.parameters()}
+        for group in groups:
+            in_value = {id(p) in value_ids for p in group["params"]}
+            assert in_value == {group["lr"] == 1.0e-3}
+        assert type(trainer.engine.base_optimizer) is torch.optim.AdamW
+
+
+def test_ppo_zero_stage_0_is_ddp_and_offload_none_keeps_torch_adamw(
+    rl_policy, tmp_path, monkeypatch
+):
+    """zero_stage 0 runs on the plain engine (no DeepSpeed); a DeepSpeed JSON saying
+    `offload_optimizer: {device: none}` keeps torch's AdamW (DeepSpeed's CPU Adam only for a
+    real offload). DeepSpeed needs a process group, so its engine is replaced by one that
+    records what it was given, and its CPU Adam by a stand-in of that name."""
+    from llmtrain.train import engine as engine_module
+
+    with ppo_trainer(rl_recipe(tmp_path, "ppo", rl_policy, deepspeed={"zero_stage": 0})) as t:
+        assert isinstance(t.engine, engine_module.PlainEngine)
+
+    class RecordingEngine:
+        name = "deepspeed"
+
+        def __init__(self, model, optimizer, config):
+            self.config = config
+            self.module = model
+            self.base_optimizer = optimizer
+
+    class DeepSpeedCPUAdam(torch.optim.AdamW):  # its C++ op is built on first use: minutes
+        def __init__(self, groups, adamw_mode, **kwargs):
+            assert adamw_mode
+            super().__init__(groups, **kwargs)
+
+    import deepspeed.ops.adam
+
+    monkeypatch.setattr(engine_module, "DeepSpeedEngine", RecordingEngine)
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", DeepSpeedCPUAdam)
+    for device, optimizer_type in (("none", "AdamW"), ("cpu", "DeepSpeedCPUAdam")):
+        ds_json = tmp_path / f"{device}.json"
+        ds_json.write_text(
+            json.dumps({"zero_optimization": {"offload_optimizer": {"device": device}}})
+        )
+        deepspeed = {"zero_stage": 2, "config": str(ds_json)}
+        with ppo_trainer(rl_recipe(tmp_path, "ppo", rl_policy, deepspeed=deepspeed)) as t:
+            assert t.engine.config["zero_optimization"]["offload_optimizer"]["device"] == device
+            assert type(t.engine.base_optimizer).__name__ == optimizer_type
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a GPU")
+def test_ppo_refuses_fp16_as_every_stage_does(rl_policy, tmp_path):
+    with pytest.raises(StageInputError) as error:
+        run_ppo(load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, precision="fp16")), run_args())
+    assert str(error.value) == (
+        "ppo.precision fp16 needs a CUDA GPU (loss scaling of half-precision gradients); use "
+        "bf16 or fp32 on this machine"
+    )
+
+
+def test_ppo_loss_is_a_token_mean_over_the_whole_update(rl_policy, tmp_path):
+    """One minibatch of 12 sequences as 1 micro-batch of 12 and as 12 micro-batches of 1 gives
+    the same gradient (every response token weighs the same); the mean of the 12 per-sequence
+    means, which weighs short responses up, gives another."""
+    from llmtrain.train.align.ppo import response_logprobs
+    from llmtrain.train.align.ppo_core import (
+        clipped_policy_loss,
+        clipped_value_loss,
+        response_mask,
+    )
+
+    def gradient(trainer):
+        return torch.cat(
+            [p.grad.flatten() for p in trainer.engine.module.parameters() if p.grad is not None]
+        )
+
+    indices = torch.arange(12)
+    whole = rl_recipe(tmp_path / "whole", "ppo", rl_policy, micro_batch_size=12)
+    with ppo_trainer(whole) as trainer:
+        prompts = trainer._batch_prompts()
+        sequences, prompt_attention = trainer.generate([p.ids for p in prompts], sample=True)
+        response = sequences[:, prompt_attention.shape[1] :]
+        mask, _ = response_mask(response, trainer.stop_ids)
+        scores, _ = trainer.score(prompts, response, mask)
+        rollout = trainer.make_rollout(sequences, prompt_attention, mask, scores)
+        trainer.accumulate(rollout, indices)
+        one_micro_batch = gradient(trainer)
+    lengths = rollout.mask[indices].sum(1)
+    assert lengths.min() < lengths.max()  # the two rules differ on this minibatch
+    split = rl_recipe(tmp_path / "split", "ppo", rl_policy, micro_batch_size=1)
+    with ppo_trainer(split) as trainer:
+        trainer.accumulate(rollout, indices)
+        twelve_micro_batches = gradient(trainer)
+        torch.testing.assert_close(twelve_micro_batches, one_micro_batch, rtol=1e-4, atol=1e-7)
+
+        module = trainer.engine.module
+        module.zero_grad()
+        section = trainer.section
+        for row in indices.split(1):  # the previous rule: the mean of per-micro-batch means
+            logits, values = module(
+                rollout.input_ids[row], rollout.attention_mask[row], rollout.position_ids[row]
+            )
+            width = rollout.prompt_width
+            logprobs, _ = response_logprobs(
+                logits, rollout.input_ids[row], width, section.temperature
+            )
+            m = rollout.mask[row]
+            policy = clipped_policy_loss(
+                logprobs, rollout.old_logprobs[row], rollout.advantages[row], m, 0.2
+            )
+            value_loss, _ = clipped_value_loss(
+                values[:, width - 1 : -1], rollout.old_values[row], rollout.returns[row], m, 0.2
+            )
+            ((policy.loss + section.vf_coef * value_loss) / 12).backward()
+        mean_of_means = gradient(trainer)
+    assert (mean_of_means - one_micro_batch).norm() > 1e-2 * one_micro_batch.norm()
+
+
+def test_ppo_non_finite_updates_are_skipped_then_stop_the_run(rl_policy, tmp_path, monkeypatch):
+    """A NaN policy loss skips the update (the weights stay finite); two iterations in a row
+    with skipped updates stop the run with the message pretraining gives, and nothing is
+    published."""
+    import llmtrain.train.align.ppo as ppo_module
+    from llmtrain.errors import TrainingError
+
+    real = ppo_module.clipped_policy_loss
+
+    def poisoned(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.loss = result.loss * float("nan")
+        return result
+
+    monkeypatch.setattr(ppo_module, "clipped_policy_loss", poisoned)
+    path = rl_recipe(
+        tmp_path, "ppo", rl_policy, max_steps=4, save_every=1, eval_every=0, max_nonfinite_steps=2
+    )
+    with pytest.raises(TrainingError) as error:
+        run_ppo(load_recipe(path), run_args())
+    assert str(error.value) == (
+        "ppo stopped: 2 steps in a row (1-2) had a non-finite loss or gradient "
+        "(ppo.max_nonfinite_steps is 2); no checkpoint had been written yet. Lower ppo.lr, keep "
+        "grad_clip on or use bf16 rather than fp16, then continue with --resume"
+    )
+    run_dir = tmp_path / "out" / "ppo"
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+    assert not (run_dir / "final").exists()
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward/mean" in r]
+    # the stopping step is not logged (as in pretraining)
+    assert [r["step"] for r in records] == [1] and records[0]["skipped_steps"] == 1

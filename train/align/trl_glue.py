@@ -393,7 +393,8 @@ def tracker_callback(tracker: Tracker) -> Any:
 
 
 class RunDirCheckpoints:
-    """Trainer mixin: checkpoints become <run dir>/checkpoints/step-N when complete.
+    """Trainer mixin: checkpoints become <run dir>/checkpoints/step-N when complete, and weight
+    decay follows our rule (every TRL-backed trainer of ours takes this mixin).
 
     Use as `class Trainer(RunDirCheckpoints, SFTTrainer)` and pass `run_dir=` and `keep_last=`.
     The Trainer writes checkpoint-N under output_dir (= checkpoints/); after every process has
@@ -416,6 +417,13 @@ class RunDirCheckpoints:
                 os.replace(written, tmp)
             self.run_dir.prune_checkpoints(self.keep_last)
         self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
+
+    def get_decay_parameter_names(self, model: Any) -> list[str]:
+        """Weight decay on weight matrices only, the rule of every stage (optim.param_groups);
+        the Trainer's own rule also decays embeddings."""
+        from llmtrain.train.optim import decayed_parameter_names
+
+        return decayed_parameter_names(model)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """No README.md in the checkpoints folder (final/ documents itself by its config)."""
