@@ -185,3 +185,43 @@ def test_non_finite_weights_are_neither_checkpointed_nor_written_as_final(
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
     assert not (run_dir / "final").exists()
     assert [r["step"] for r in read_records(run_dir)] == [1, 2, 3]
+
+
+def test_run_directory_is_prepared_by_rank_0_between_barriers(clm_data, tmp_path, monkeypatch):
+    """Every stage (the loop shell's and the TRL-backed ones, through StageRun.start): every
+    process checks the run directory (so all raise the same error), then the main process
+    writes it while the others wait; another rank writes nothing."""
+    from llmtrain.train import stage_run
+    from llmtrain.train.align.trl_glue import AlignRun
+
+    assert AlignRun.start is stage_run.StageRun.start
+    events = []
+    monkeypatch.setattr(stage_run, "barrier", lambda: events.append("barrier"))
+    real_start = RunDir.start
+
+    def start(self, config_yaml, **kwargs):
+        events.append("write" if kwargs.get("is_main", True) else "check")
+        return real_start(self, config_yaml, **kwargs)
+
+    monkeypatch.setattr(RunDir, "start", start)
+    recipe = load_recipe(
+        write_pretrain_recipe(
+            tmp_path / "recipe.yaml",
+            output_dir=tmp_path / "out",
+            data=clm_data,
+            model="preset: llama-tiny",
+            pretrain="steps: 2\nglobal_batch_size: 16\nmicro_batch_size: 8\n",
+        )
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, expected in (
+        (1, ["check", "barrier", "barrier"]),
+        (0, ["check", "barrier", "write", "barrier"]),
+    ):
+        monkeypatch.setenv("RANK", str(rank))
+        events.clear()
+        run = stage_run.StageRun(recipe, "pretrain", recipe.pretrain, inputs=("model", "pretrain"))
+        run.start()
+        run.tracker.close()
+        assert events == expected
+        assert (tmp_path / "out" / "pretrain" / "config.yaml").is_file() == (rank == 0)

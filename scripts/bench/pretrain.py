@@ -181,7 +181,7 @@ def run_ours(args, workdir: Path, data: Path, baton: Baton | None = None) -> dic
     timer = StepClock(args, baton)
     original = PretrainLoop.train_step
 
-    def timed_step(loop, batches):  # the whole step: batches, forward/backward, optimizer
+    def timed_step(loop, batches=None):  # the whole step: batches, forward/backward, optimizer
         timer.step_begins(loop.step + 1)
         result = original(loop, batches)
         timer.step_ends(loop.step)
