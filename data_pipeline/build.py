@@ -17,52 +17,33 @@ fingerprints changed are redone.
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import fcntl
-import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from llmtrain import __version__
 from llmtrain.atomic import atomic_path, atomic_write_json, atomic_write_text
 from llmtrain.errors import InputDataError, RunDirError
+from llmtrain.locking import locked
 
 from .config import DataSection
 from .decontam import EvalNgrams, eval_files
-from .dedup import CONTAMINATED, EXACT, KEPT, NEAR, Corpus, deduplicate
+from .dedup import CONTAMINATED, EXACT, KEPT, NEAR, apply_contamination
+from .executor import StepProgress, make_executor
 from .manifest import FORMAT_VERSION, MANIFEST, render_report
 from .mixture import plan_mixture, shard_ranges, source_key, validation_documents
-from .readers import ReadStats, expand_paths
-from .scan import (
-    ScanOutput,
-    ScanWriter,
-    init_worker,
-    make_context,
-    read_chunks,
-    run_chunks,
-)
-from .shards import ShardInfo, ShardWriter, dtype_name
-from .tokenize import (
-    JOB_DOCUMENTS,
-    ShardTask,
-    TokenizerInfo,
-    encode_documents,
-    encoding_jobs,
-    init_encoder,
-    load_tokenizer,
-)
+from .readers import expand_paths
+from .scan import ScanJob, ScanOutput, make_context
+from .shards import dtype_name
+from .tokenize import ShardTask, TokenizerInfo, load_tokenizer
 
 log = logging.getLogger("llmtrain.data")
 
@@ -125,8 +106,10 @@ class Steps:
 
 def _settings(recipe: Any, section: DataSection, info: TokenizerInfo) -> dict:
     return {
-        # settings that change no output (processes, keeping work files) are left out
-        "data": section.model_dump(mode="json", exclude={"num_proc", "keep_intermediate"}),
+        # settings that change no output (processes, executor, keeping work files) are left out
+        "data": section.model_dump(
+            mode="json", exclude={"num_proc", "keep_intermediate", "executor", "ray"}
+        ),
         "seed": recipe.seed,
         "tokenizer": info.fingerprint,
     }
@@ -204,22 +187,6 @@ def _remove_temporaries(out: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def build_lock(out: Path) -> Iterator[None]:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(
-                f"another `llmtrain data` is writing {out}; wait for it to finish"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # ---------------------------------------------------------------------------------------------
 # The build
 
@@ -235,6 +202,7 @@ class DataBuild:
         self.info = info
         self.steps = Steps(out)
         self.num_proc = section.num_proc or available_cpus()
+        self.executor = make_executor(section, self.num_proc)
         self.files = {
             source.name: expand_paths(source.paths, key=f"data.sources[{index}].paths")
             for index, source in enumerate(section.sources)
@@ -251,9 +219,11 @@ class DataBuild:
             log.info("every step was done before; writing the manifest")
             scans, dedup, shards = finished
         else:
-            scans = self.scan()
-            dedup = self.dedup(scans)
-            shards = self.tokenize()
+            with self.executor:
+                log.info("executor: %s", self.executor.name)
+                scans = self.scan()
+                dedup = self.dedup(scans)
+                shards = self.tokenize()
         return self.finish(scans, dedup, shards)
 
     def _finished_steps(self) -> tuple[dict, dict, dict] | None:
@@ -369,54 +339,31 @@ class DataBuild:
                         d.min_words,
                     )
         context = make_context(self.section, eval_ngrams)
-        num_perm = context.minhasher.num_perm
-        with _pool(self.num_proc, init_worker, (context,)) as pool:
-            if pool is None:
-                init_worker(context)
-            for index, number, path, name, fp in todo:
-                source = self.section.sources[index]
-                started = time.perf_counter()
-                stats = ReadStats()
-                directory = self.out / "work" / "scan" / source.name / f"{number:05d}"
-                progress = tqdm(
-                    desc=f"scan {source.name} {path.name}", unit=" docs", disable=None, leave=False
+        jobs = [
+            ScanJob(
+                index=index,
+                number=number,
+                path=path,
+                source=self.section.sources[index],
+                directory=self._scan_directory(self.section.sources[index].name, number),
+                name=name,
+                fp=fp,
+            )
+            for index, number, path, name, fp in todo
+        ]
+        progress = StepProgress("scan", len(jobs), "files")
+        try:
+            for job, result in self.executor.scan(jobs, context):
+                outputs = [str(job.directory.relative_to(self.out))]
+                self.steps.record(job.name, job.fp, outputs, result)
+                results[job.source.name][job.number] = result
+                progress.update(
+                    result["read"],
+                    f"scan {job.source.name}: {job.path}: {result['read']} documents read, "
+                    f"{result['kept']} kept",
                 )
-
-                with atomic_path(directory) as tmp, progress:
-                    writer = ScanWriter(tmp, num_perm)
-                    chunks = ((source.name, c) for c in read_chunks(path, source, stats))
-                    run_chunks(
-                        chunks,
-                        functools.partial(_add_chunk, writer=writer, progress=progress),
-                        pool,
-                        2 * self.num_proc,
-                    )
-                    writer.finish()
-                if stats.empty:  # records with an empty text: read, and dropped as empty
-                    writer.read += stats.empty
-                    writer.dropped["empty"] += stats.empty
-                    writer.dropped_detail["empty.no_text"] += stats.empty
-                result = {
-                    "file": str(path),
-                    "read": writer.read,
-                    "read_errors_skipped": stats.skipped,
-                    "read_error_examples": stats.examples,
-                    "empty_records": stats.empty,
-                    "dropped": dict(sorted(writer.dropped.items())),
-                    "dropped_detail": dict(sorted(writer.dropped_detail.items())),
-                    "kept": writer.kept,
-                    "kept_bytes": writer.kept_bytes,
-                }
-                self.steps.record(name, fp, [str(directory.relative_to(self.out))], result)
-                results[source.name][number] = result
-                log.info(
-                    "scan %s: %s: %d documents read, %d kept (%.1f s)",
-                    source.name,
-                    path,
-                    writer.read,
-                    writer.kept,
-                    time.perf_counter() - started,
-                )
+        finally:
+            progress.close()
 
     def _check_not_emptied(self, index: int, records: list[dict]) -> None:
         source = self.section.sources[index]
@@ -468,9 +415,12 @@ class DataBuild:
 
     # ------------------------------------------------------------------ dedup
 
+    def _scan_directory(self, source: str, number: int) -> Path:
+        return self.out / "work" / "scan" / source / f"{number:05d}"
+
     def _scan_outputs(self) -> list[tuple[str, ScanOutput]]:
         return [
-            (source.name, ScanOutput(self.out / "work" / "scan" / source.name / f"{n:05d}"))
+            (source.name, ScanOutput(self._scan_directory(source.name, n)))
             for source in self.section.sources
             for n in range(len(self.files[source.name]))
         ]
@@ -490,13 +440,14 @@ class DataBuild:
     def _deduplicate(self, fp: str) -> dict:
         started = time.perf_counter()
         outputs = self._scan_outputs()
-        corpus = Corpus([(name, output) for name, output in outputs])
-        status, stats = deduplicate(corpus, self.section.dedup)
-        contamination = corpus.concat("contamination").astype(np.int16)
+        status, stats = self.executor.dedup(outputs, self.section.dedup)
         per_source: dict[str, dict] = {}
-        for f, (name, _) in enumerate(outputs):
-            lo, hi = corpus.starts[f], corpus.starts[f + 1]
-            part, owner = status[lo:hi], contamination[lo:hi]
+        start = 0
+        for name, output in outputs:  # decontamination, and the counts, one file at a time
+            part = status[start : start + output.documents]
+            start += output.documents
+            owner = output.array("contamination").astype(np.int16)
+            apply_contamination(part, owner)
             entry = per_source.setdefault(
                 name,
                 {"exact_duplicates": 0, "near_duplicates": 0, "decontaminated": {}, "kept": 0},
@@ -516,7 +467,7 @@ class DataBuild:
         self.steps.record("dedup", fp, [str(path.relative_to(self.out))], result)
         log.info(
             "dedup: %d documents, %d exact and %d near duplicates, %d contaminated (%.1f s)",
-            corpus.size,
+            status.size,
             int((status == EXACT).sum()),
             int((status == NEAR).sum()),
             int((status == CONTAMINATED).sum()),
@@ -624,76 +575,36 @@ class DataBuild:
         return {"tasks": tasks}
 
     def _write_shards(self, tasks: list, shards: dict[str, list]) -> None:
-        """Tokenize the shards' documents in the pool, job by job (a job is a few thousand
-        documents, so even one shard keeps every worker busy), and write each shard here, in
-        order: the output does not depend on the number of processes."""
+        """Write the shards with the executor, recording each as it is done."""
         started = time.perf_counter()
-        build_dir = str(self.out)
-        documents = sum(
-            b - a for _, _, task, _ in tasks for _, runs in task.pieces for a, b in runs
-        )
-        processes = min(self.num_proc, max(len(tasks), -(-documents // JOB_DOCUMENTS)))
-        encoder = (self.info, self.tokenizer.backend_tokenizer.to_str())
-
-        def jobs() -> Iterator[tuple[tuple[int, bool], tuple]]:
-            cache: dict[str, Any] = {}
-            for number, (_, _, task, _) in enumerate(tasks):
-                pieces = encoding_jobs(build_dir, task, cache)
-                for position, (directory, indices) in enumerate(pieces):
-                    yield (number, position == len(pieces) - 1), (build_dir, directory, indices)
-
         tokens = 0
-        writer: ShardWriter | None = None
-        progress = tqdm(
-            total=len(tasks), desc="tokenize", unit=" shards", disable=None, leave=False
-        )
-        with _pool(processes, init_encoder, (*encoder, True)) as pool, progress:
-            if pool is None:
-                init_encoder(*encoder, worker=False)
-            try:
-                results = ordered_map(encode_documents, jobs(), pool, 2 * processes)
-                for (number, last), (flat, lengths) in results:
-                    name, fp, task, position = tasks[number]
-                    if writer is None:
-                        (self.out / task.path).parent.mkdir(parents=True, exist_ok=True)
-                        writer = ShardWriter(self.out / task.path, self.info.dtype).__enter__()
-                    writer.add_many(flat, lengths)
-                    if not last:
-                        continue
-                    writer.__exit__(None, None, None)
-                    entry = ShardInfo(
-                        path=task.path,
-                        index=str(Path(task.path).with_suffix(".idx")),
-                        split=task.split,
-                        source=task.source,
-                        tokens=writer.tokens,
-                        documents=writer.documents,
-                        sha256=writer.sha256,
-                    ).to_dict()
-                    writer = None
-                    self.steps.record(name, fp, [entry["path"], entry["index"]], entry)
-                    shards[task.source][position] = entry
-                    tokens += entry["tokens"]
-                    progress.update(1)
-                    log.info(
-                        "tokenize %s: %s (%d documents, %d tokens)",
-                        task.source,
-                        task.path,
-                        entry["documents"],
-                        entry["tokens"],
-                    )
-            except BaseException as exc:
-                if writer is not None:  # remove the half-written shard
-                    with contextlib.suppress(Exception):
-                        writer.__exit__(type(exc), exc, exc.__traceback__)
-                raise
+        progress = StepProgress("tokenize", len(tasks), "shards")
+        try:
+            written = self.executor.write_shards(
+                self.out,
+                [task for _, _, task, _ in tasks],
+                self.info,
+                self.tokenizer.backend_tokenizer.to_str(),
+            )
+            for number, entry in written:
+                name, fp, task, position = tasks[number]
+                self.steps.record(name, fp, [entry["path"], entry["index"]], entry)
+                shards[task.source][position] = entry
+                tokens += entry["tokens"]
+                progress.update(
+                    entry["documents"],
+                    f"tokenize {task.source}: {task.path} ({entry['documents']} documents, "
+                    f"{entry['tokens']} tokens)",
+                )
+        finally:
+            progress.close()
         seconds = time.perf_counter() - started
         log.info(
-            "tokenize: %d tokens in %.1f s (%.0f tokens/s, %d processes)",
+            "tokenize: %d tokens in %.1f s (%.0f tokens/s, %s)",
             tokens,
             seconds,
             tokens / max(seconds, 1e-9),
-            processes,
+            self.executor.workers,
         )
 
     # ------------------------------------------------------------------ manifest
@@ -806,49 +717,6 @@ def _runs(indices: np.ndarray) -> list[list[int]]:
     return [[int(a), int(b)] for a, b in zip(starts, stops, strict=True)]
 
 
-def _add_chunk(chunk: Any, *, writer: ScanWriter, progress: Any) -> None:
-    writer.add(chunk)
-    progress.update(chunk.read)
-
-
-def ordered_map(
-    function: Any, items: Iterator[tuple[Any, tuple]], pool: Any | None, in_flight: int
-) -> Iterator[tuple[Any, Any]]:
-    """(key, function(*arguments)) for each (key, arguments) of `items`, in order; in the pool
-    when given, with at most `in_flight` calls submitted and not yet returned."""
-    if pool is None:
-        for key, arguments in items:
-            yield key, function(*arguments)
-        return
-    pending: collections.deque = collections.deque()
-    for key, arguments in items:
-        pending.append((key, pool.apply_async(function, arguments)))
-        if len(pending) >= in_flight:
-            done_key, result = pending.popleft()
-            yield done_key, result.get()
-    while pending:
-        done_key, result = pending.popleft()
-        yield done_key, result.get()
-
-
-@contextlib.contextmanager
-def _pool(processes: int, initializer: Any, initargs: tuple) -> Iterator[Any]:
-    """A pool of `processes` workers (spawned: no inherited threads), or None for one."""
-    if processes <= 1:
-        yield None
-        return
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(processes, initializer=initializer, initargs=initargs)
-    try:
-        yield pool
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-
-
 def build_data(recipe: Any, *, overwrite: bool = False) -> Path:
     """Run (or finish, or skip) the data build of `recipe`; returns the build directory."""
     recipe.check_inputs("data")
@@ -861,7 +729,7 @@ def build_data(recipe: Any, *, overwrite: bool = False) -> Path:
     )
     tokenizer, info = load_tokenizer(tokenizer_dir)
     settings = _settings(recipe, section, info)
-    with build_lock(out):
+    with locked(out / ".lock", out, "`llmtrain data`"):
         if prepare_directory(out, settings, overwrite):
             log.info("%s is complete with these settings; nothing to do", out)
             return out

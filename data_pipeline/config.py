@@ -240,6 +240,22 @@ class ValidationSection(Section):
     """With a fraction above 0, at least this many per source (never all of them)."""
 
 
+class RaySection(Section):
+    """Where the Ray executor runs (`data.executor: ray`; needs `pip install llmtrain[ray]`)."""
+
+    address: str | None = None
+    """`auto` (the cluster this machine belongs to, e.g. started by `ray start`), HOST:PORT of
+    a running cluster's head, or null: start a Ray on this machine for this build only."""
+    partitions: int | None = Field(default=None, ge=1)
+    """Reducer tasks of the dedup shuffle (each holds 1/partitions of the digests and band
+    keys); default: twice the cluster's CPUs. Changes memory per task, never the output."""
+    num_cpus: int | None = Field(default=None, ge=1)
+    """CPUs of the Ray started for this build (address null); default: data.num_proc or every
+    core this process may use."""
+    object_store_mb: int | None = Field(default=None, ge=64)
+    """Object store of the Ray started for this build (address null); default: Ray's."""
+
+
 class DataSection(Section):
     """`llmtrain data`: read, clean, filter, dedup, decontaminate, mix, tokenize and pack."""
 
@@ -259,6 +275,10 @@ class DataSection(Section):
     num_proc: int | None = Field(default=None, ge=1)
     """Worker processes for cleaning, hashing and tokenizing; default: every CPU core this
     process may use (its CPU affinity, e.g. a Slurm allocation)."""
+    executor: Literal["local", "ray"] = "local"
+    """Where the work runs: `local` (a process pool on this machine) or `ray` (tasks on a Ray
+    cluster, see data.ray). Both write the same shards, byte for byte."""
+    ray: RaySection = RaySection()
     shard_text_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
     """A shard holds the tokens of at most this many MB of (cleaned) text."""
     keep_intermediate: bool = False

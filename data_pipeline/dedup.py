@@ -6,12 +6,15 @@ keeps the earliest document of each digest; near dedup runs on what is left and 
 earliest document of each cluster; then documents overlapping an eval file are dropped.
 
 The result is a status per document (`KEPT`, `EXACT`, `NEAR`, `CONTAMINATED`), saved per
-scanned file, and the counts the manifest reports.
+scanned file, and the counts the manifest reports. `deduplicate` runs in one process (the
+local executor); `ray_dedup` runs the same steps as a partitioned shuffle on Ray, with the
+functions below doing the work of each partition.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -63,14 +66,63 @@ class Corpus:
         return keys
 
 
+def duplicate_ids(digests: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The ids whose digest appeared at an earlier id (`ids` ascending)."""
+    if ids.size == 0:
+        return ids
+    _, first = np.unique(digests, return_index=True)  # position of each first occurrence
+    duplicate = np.ones(ids.size, dtype=bool)
+    duplicate[first] = False
+    return ids[duplicate]
+
+
 def exact_duplicates(corpus: Corpus) -> np.ndarray:
     """True for every document whose digest appeared earlier."""
-    digests = corpus.concat("exact")
-    duplicate = np.ones(corpus.size, dtype=bool)
-    if corpus.size:
-        _, first = np.unique(digests, return_index=True)  # index of the first occurrence
-        duplicate[first] = False
+    duplicate = np.zeros(corpus.size, dtype=bool)
+    duplicate[duplicate_ids(corpus.concat("exact"), np.arange(corpus.size))] = True
     return duplicate
+
+
+def bucket_pair_array(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """[pairs, 2] (first of the bucket, member) for one band's keys of ascending `ids`."""
+    first, other = bucket_pairs(keys, ids)
+    return np.stack([first, other], axis=1)
+
+
+def unique_pairs(parts: list[np.ndarray]) -> np.ndarray:
+    """The distinct rows of the [pairs, 2] arrays, sorted."""
+    pairs = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+    return np.unique(pairs.reshape(-1, 2).astype(np.int64), axis=0)
+
+
+def confirm_pairs(
+    pairs: np.ndarray, signature_rows: Callable[[np.ndarray], np.ndarray], threshold: float | None
+) -> np.ndarray:
+    """True for each candidate pair whose signatures agree on at least `threshold` of their
+    values (every pair when `threshold` is None); signatures read a block of pairs at a time."""
+    if threshold is None:
+        return np.ones(len(pairs), dtype=bool)
+    keep = np.zeros(len(pairs), dtype=bool)
+    for lo in range(0, len(pairs), _PAIR_BLOCK):
+        block = pairs[lo : lo + _PAIR_BLOCK]
+        estimate = similarity(signature_rows(block[:, 0]), signature_rows(block[:, 1]))
+        keep[lo : lo + len(block)] = estimate >= threshold
+    return keep
+
+
+def resolve_clusters(pairs: np.ndarray, confirmed: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(ids removed as near duplicates, cluster statistics) from the distinct candidate pairs
+    and which of them were confirmed. Only documents in a confirmed pair are labelled (the
+    others are clusters of one), so memory follows the pairs, not the corpus."""
+    kept = pairs[confirmed]
+    nodes, inverse = np.unique(kept, return_inverse=True)  # ascending: labels stay the minimum
+    inverse = inverse.reshape(-1, 2)
+    labels = connected_components(nodes.size, inverse[:, 0], inverse[:, 1])
+    removed = nodes[labels != np.arange(nodes.size)]
+    stats = asdict(cluster_stats(labels, np.ones(nodes.size, dtype=bool)))
+    stats["candidate_pairs"] = int(len(pairs))
+    stats["confirmed_pairs"] = int(len(kept))
+    return removed.astype(np.int64), stats
 
 
 def near_duplicates(
@@ -78,37 +130,23 @@ def near_duplicates(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(True for every document removed as a near duplicate, cluster statistics)."""
     ids = np.flatnonzero(candidates)
+    parts = []
+    if ids.size >= 2:
+        parts = [
+            bucket_pair_array(corpus.band(band, settings.rows, ids), ids)
+            for band in range(settings.bands)
+        ]
+    pairs = unique_pairs(parts)
+    confirmed = confirm_pairs(pairs, corpus.signature_rows, settings.threshold)
+    removed_ids, stats = resolve_clusters(pairs, confirmed)
     removed = np.zeros(corpus.size, dtype=bool)
-    if ids.size < 2:
-        return removed, asdict(cluster_stats(np.arange(corpus.size), candidates))
-    firsts, seconds = [], []
-    for band in range(settings.bands):
-        a, b = bucket_pairs(corpus.band(band, settings.rows, ids), ids)
-        firsts.append(a)
-        seconds.append(b)
-    first = np.concatenate(firsts)
-    second = np.concatenate(seconds)
-    pairs = np.unique(np.stack([first, second], axis=1), axis=0)
-    candidate_pairs = len(pairs)
-    if settings.threshold is not None and len(pairs):
-        keep = np.zeros(len(pairs), dtype=bool)
-        for lo in range(0, len(pairs), _PAIR_BLOCK):
-            block = pairs[lo : lo + _PAIR_BLOCK]
-            estimate = similarity(
-                corpus.signature_rows(block[:, 0]), corpus.signature_rows(block[:, 1])
-            )
-            keep[lo : lo + len(block)] = estimate >= settings.threshold
-        pairs = pairs[keep]
-    labels = connected_components(corpus.size, pairs[:, 0], pairs[:, 1])
-    removed[candidates] = labels[candidates] != np.arange(corpus.size)[candidates]
-    stats = asdict(cluster_stats(labels, candidates))
-    stats["candidate_pairs"] = int(candidate_pairs)
-    stats["confirmed_pairs"] = int(len(pairs))
+    removed[removed_ids] = True
     return removed, stats
 
 
 def deduplicate(corpus: Corpus, settings: DedupSection) -> tuple[np.ndarray, dict[str, Any]]:
-    """(status of every document, statistics), contamination applied last."""
+    """(status of every document: KEPT, EXACT or NEAR, statistics), in one process.
+    Decontamination is applied afterwards, per file (`apply_contamination`)."""
     status = np.full(corpus.size, KEPT, dtype=np.uint8)
     stats: dict[str, Any] = {}
     if settings.exact.enabled:
@@ -120,6 +158,9 @@ def deduplicate(corpus: Corpus, settings: DedupSection) -> tuple[np.ndarray, dic
         near, near_stats = near_duplicates(corpus, candidates, settings.near)
         status[near] = NEAR
         stats["near"] = near_stats
-    contamination = corpus.concat("contamination").astype(np.int16)
-    status[(status == KEPT) & (contamination >= 0)] = CONTAMINATED
     return status, stats
+
+
+def apply_contamination(status: np.ndarray, contamination: np.ndarray) -> None:
+    """Mark the kept documents (of one file) that overlap an eval file as CONTAMINATED."""
+    status[(status == KEPT) & (contamination >= 0)] = CONTAMINATED

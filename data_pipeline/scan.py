@@ -20,7 +20,9 @@ The directory is written under a temporary name and renamed when the file is don
 from __future__ import annotations
 
 import collections
+import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,10 +216,25 @@ class ScanOutput:
 
     def __init__(self, directory: Path, num_perm: int | None = None):
         self.directory = directory
-        self.offsets = np.fromfile(directory / "offsets.u64", dtype="<u8").astype(np.int64)
-        self.documents = len(self.offsets) - 1
+        self.documents = (directory / "offsets.u64").stat().st_size // 8 - 1
         size = (directory / "signatures.u32").stat().st_size
         self.num_perm = size // 4 // self.documents if self.documents else (num_perm or 0)
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """Byte offsets of the documents in texts.bin (read when texts are first needed)."""
+        return np.fromfile(self.directory / "offsets.u64", dtype="<u8").astype(np.int64)
+
+    def signature_block(self, start: int, stop: int) -> np.ndarray:
+        """Whole signatures of documents [start, stop), as a [stop - start, num_perm] array."""
+        count = (stop - start) * self.num_perm
+        values = np.fromfile(
+            self.directory / "signatures.u32",
+            dtype="<u4",
+            count=count,
+            offset=start * 4 * self.num_perm,
+        )
+        return values.reshape(stop - start, self.num_perm).astype(np.uint32)
 
     def array(self, name: str) -> np.ndarray:
         """A one-value-per-document column: exact, shingled or contamination."""
@@ -265,6 +282,62 @@ class ScanOutput:
     def text_bytes(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         return self.offsets[indices + 1] - self.offsets[indices]
+
+
+@dataclass
+class ScanJob:
+    """One input file to scan into its scan directory (the step `name`, with fingerprint `fp`)."""
+
+    index: int  # of the source in data.sources
+    number: int  # of the file in the source
+    path: Path
+    source: DataSource
+    directory: Path
+    name: str
+    fp: str
+
+
+def scan_file(
+    job: ScanJob,
+    num_perm: int,
+    pool: Any | None = None,
+    in_flight: int = 1,
+    on_chunk: Callable[[int], None] | None = None,
+) -> dict:
+    """Read, clean, filter and hash one file into `job.directory` (written under a temporary
+    name, renamed when complete); returns the step's record. Chunks go to `pool` when given
+    (the local executor), else run here (a Ray task: one file per task, in parallel)."""
+    from llmtrain.atomic import atomic_path
+
+    for stale in job.directory.parent.glob(f".{job.directory.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an attempt killed mid-file
+    stats = ReadStats()
+    with atomic_path(job.directory) as tmp:
+        writer = ScanWriter(tmp, num_perm)
+
+        def consume(result: ChunkResult) -> None:
+            writer.add(result)
+            if on_chunk is not None:
+                on_chunk(result.read)
+
+        chunks = ((job.source.name, c) for c in read_chunks(job.path, job.source, stats))
+        run_chunks(chunks, consume, pool, in_flight)
+        writer.finish()
+    if stats.empty:  # records with an empty text: read, and dropped as empty
+        writer.read += stats.empty
+        writer.dropped["empty"] += stats.empty
+        writer.dropped_detail["empty.no_text"] += stats.empty
+    return {
+        "file": str(job.path),
+        "read": writer.read,
+        "read_errors_skipped": stats.skipped,
+        "read_error_examples": stats.examples,
+        "empty_records": stats.empty,
+        "dropped": dict(sorted(writer.dropped.items())),
+        "dropped_detail": dict(sorted(writer.dropped_detail.items())),
+        "kept": writer.kept,
+        "kept_bytes": writer.kept_bytes,
+    }
 
 
 def run_chunks(

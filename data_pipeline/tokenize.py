@@ -205,3 +205,32 @@ def encode_documents(
         flats.append(flat)
         lengths.append(length)
     return np.concatenate(flats), np.concatenate(lengths)
+
+
+def shard_entry(task: ShardTask, writer: Any) -> dict:
+    """The manifest entry of a shard `writer` has finished writing."""
+    from .shards import ShardInfo
+
+    return ShardInfo(
+        path=task.path,
+        index=str(Path(task.path).with_suffix(".idx")),
+        split=task.split,
+        source=task.source,
+        tokens=writer.tokens,
+        documents=writer.documents,
+        sha256=writer.sha256,
+    ).to_dict()
+
+
+def write_shard(build_dir: str, task: ShardTask) -> dict:
+    """Tokenize and write one whole shard here (a Ray task: shards in parallel, each written
+    by one task); returns its manifest entry. Needs `init_encoder` in this process."""
+    from .shards import ShardWriter
+
+    assert _ENCODER is not None, "init_encoder was not called"
+    (Path(build_dir) / task.path).parent.mkdir(parents=True, exist_ok=True)
+    cache: dict[str, Any] = {}
+    with ShardWriter(Path(build_dir) / task.path, _ENCODER.info.dtype) as writer:
+        for directory, indices in encoding_jobs(build_dir, task, cache):
+            writer.add_many(*encode_documents(build_dir, directory, indices))
+    return shard_entry(task, writer)

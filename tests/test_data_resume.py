@@ -117,7 +117,7 @@ def test_killed_build_completes_on_rerun(
 def test_one_shard_tokenized_by_several_workers_is_the_same(
     tmp_path, tiny_tokenizer_dir, monkeypatch, caplog
 ):
-    from llmtrain.data_pipeline import build, tokenize
+    from llmtrain.data_pipeline import executor, tokenize
     from llmtrain.recipe import validate_recipe
     from tests.data_support import data_recipe, decode_shards
 
@@ -126,7 +126,7 @@ def test_one_shard_tokenized_by_several_workers_is_the_same(
     builds = []
     for name, num_proc, job_documents in (("one", 1, 4096), ("two", 2, 7)):
         monkeypatch.setattr(tokenize, "JOB_DOCUMENTS", job_documents)  # 9 jobs for the shard
-        monkeypatch.setattr(build, "JOB_DOCUMENTS", job_documents)
+        monkeypatch.setattr(executor, "JOB_DOCUMENTS", job_documents)
         raw = data_recipe(tmp_path, tiny_tokenizer_dir, [{"name": "web", "paths": [str(corpus)]}])
         raw["output_dir"] = str(tmp_path / name)
         raw["data"].update(num_proc=num_proc, validation={"fraction": 0})
