@@ -18,6 +18,7 @@ from typing import Any
 
 from llmtrain.atomic import atomic_path, atomic_write_text
 from llmtrain.errors import RunDirError
+from llmtrain.locking import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints_dir = self.path / "checkpoints"
         self.final_dir = self.path / "final"
+        self.lock_path = self.path.parent / f".{self.path.name}.lock"
+        """Held by the main process from `start()` to its end (beside the directory, which
+        --overwrite deletes)."""
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints_dir / f"step-{step}"
@@ -74,6 +78,8 @@ class RunDir:
         """
         if overwrite and resume:
             raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
+        if is_main:
+            hold_lock(self.lock_path, self.path, "training run")
         if overwrite and is_main and self.path.exists():
             shutil.rmtree(self.path)
         checkpoint = None

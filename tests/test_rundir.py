@@ -127,3 +127,42 @@ def test_wandb_mode_follows_recipe_then_environment_then_key(tmp_path, monkeypat
     monkeypatch.setenv("WANDB_MODE", "disabled")  # e.g. set by a CI job: honoured
     assert wandb_mode(section) == "disabled"
     assert wandb_mode(WandbSection(project="p", mode="offline")) == "offline"  # recipe wins
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_path):
+    """Two runs into one directory: the second is refused naming the first; once the first is
+    killed (SIGKILL, no clean-up), the directory can be written again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "out" / "sft"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from llmtrain.rundir import RunDir\n"
+            f"RunDir({str(run_dir)!r}).start('a: 1\\n')\n"
+            "print('started', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "started"
+        with pytest.raises(RunDirError) as err:
+            RunDir(run_dir).start("a: 2\n", resume=None, overwrite=True)
+        assert str(err.value).startswith(
+            f"another training run is writing {run_dir} (pid {holder.pid} on "
+        )
+        assert str(err.value).endswith("wait for it to finish, or write to another output_dir")
+        assert (run_dir / "config.yaml").read_text() == "a: 1\n"  # --overwrite deleted nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    RunDir(run_dir).start("a: 2\n", overwrite=True)
+    assert (run_dir / "config.yaml").read_text() == "a: 2\n"
