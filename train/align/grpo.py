@@ -216,7 +216,7 @@ def run_grpo(recipe: Any, args: Any) -> Any:
 
     rewards = build_rewards(
         section.rewards,
-        default_reward_model=recipe.stage_dir("rm") / "final",
+        default_reward_model=recipe.input_dir("grpo", "reward_model") / "final",
         method="grpo",
         search_path=reward_search_path(recipe),
         device=pick_device(run.env.local_rank),

@@ -47,15 +47,7 @@ from llmtrain.train.stage_run import StageRun, finish_generation_config
 
 log = logging.getLogger(__name__)
 
-ALIGN_METHODS = ("sft", "rm", "dpo", "ppo", "grpo")
 SKIPPED_LOG_KEYS = ("total_flos",)
-
-
-def stage_command(stage: str) -> str:
-    """How a user runs `stage`, for messages."""
-    if stage in ALIGN_METHODS:
-        return f"llmtrain align --method {stage} RECIPE"
-    return f"llmtrain {stage} RECIPE"
 
 
 class AlignRun(StageRun):
@@ -71,12 +63,13 @@ class AlignRun(StageRun):
         """The model directory to start from: `<method>.<key>`, else the input stage's final/."""
         given = path if path is not None else getattr(self.section, key)
         if given is None:
-            stage = self.section.INPUT_STAGE
-            default = self.recipe.stage_dir(stage) / "final"
+            stage = self.recipe.input_stage(self.method, "model")
+            default = self.recipe.output_dir / stage / "final"
             if not default.is_dir():
                 raise StageInputError(
-                    f"{self.method}: no input model at {default}; run `{stage_command(stage)}` "
-                    f"first, or set {self.method}.{key} to a Hugging Face model directory"
+                    f"{self.method}: no input model at {default}; run "
+                    f"`{self.recipe.stage_kind(stage).shell_command(stage)}` first, or set "
+                    f"{self.method}.{key} to a Hugging Face model directory"
                 )
             given = default
         given = Path(given)
