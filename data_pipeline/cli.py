@@ -4,6 +4,8 @@
                                                     # do nothing when it is complete
     llmtrain data recipes/tiny.yaml --overwrite     # rebuild with changed settings
     llmtrain data recipes/tiny.yaml --verify        # recompute every shard's sha256
+    llmtrain data recipes/tiny.yaml --executor ray  # on a Ray started for this build
+    llmtrain data recipes/tiny.yaml --executor ray --ray-address auto   # on a running cluster
 
 Light module: numpy, transformers and tokenizers are imported only when the command runs.
 """
@@ -11,6 +13,7 @@ Light module: numpy, transformers and tokenizers are imported only when the comm
 from __future__ import annotations
 
 import argparse
+import json
 
 from llmtrain.cli import add_recipe_arguments, add_stage_argument, load_recipe_from_args
 from llmtrain.data_pipeline.config import DataSection
@@ -42,6 +45,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         help="rebuild a build made with other settings (steps whose inputs did not change "
         "are reused)",
     )
+    add_executor_arguments(parser)
     parser.add_argument(
         "--verify",
         action="store_true",
@@ -50,7 +54,34 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     parser.set_defaults(func=_run)
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """--executor and --ray-address (for `llmtrain data` and `llmtrain run`)."""
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="where the data build runs: a process pool here, or Ray (sets data.executor)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the Ray cluster of --executor ray: auto, HOST:PORT of its head, or none to start "
+        "a Ray for this build (sets data.ray.address)",
+    )
+
+
+def executor_overrides(args: argparse.Namespace) -> list[str]:
+    """The recipe overrides (`--set` form) that --executor and --ray-address stand for."""
+    overrides = []
+    if args.executor:
+        overrides.append(f"data.executor={args.executor}")
+    if args.ray_address:
+        address = None if args.ray_address.lower() in ("none", "null") else args.ray_address
+        overrides.append(f"data.ray.address={json.dumps(address)}")
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> None:
+    args.overrides = [*(args.overrides or []), *executor_overrides(args)]
     recipe = load_recipe_from_args(args)
     if args.verify:
         _verify(recipe.stage_dir("data"))

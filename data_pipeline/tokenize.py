@@ -228,9 +228,12 @@ def write_shard(build_dir: str, task: ShardTask) -> dict:
     from .shards import ShardWriter
 
     assert _ENCODER is not None, "init_encoder was not called"
-    (Path(build_dir) / task.path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(build_dir) / task.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.stem}.*.tmp-*"):
+        stale.unlink(missing_ok=True)  # left by an attempt killed mid-shard
     cache: dict[str, Any] = {}
-    with ShardWriter(Path(build_dir) / task.path, _ENCODER.info.dtype) as writer:
+    with ShardWriter(path, _ENCODER.info.dtype) as writer:
         for directory, indices in encoding_jobs(build_dir, task, cache):
             writer.add_many(*encode_documents(build_dir, directory, indices))
     return shard_entry(task, writer)

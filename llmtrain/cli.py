@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="launch training stages with torchrun on N processes",
     )
     run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
+    from llmtrain.data_pipeline.cli import add_executor_arguments  # here: it imports this module
+
+    add_executor_arguments(run)
     run.set_defaults(func=_run_pipeline)
 
     report = commands.add_parser(
@@ -166,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pipeline(args: argparse.Namespace) -> None:
+    from llmtrain.data_pipeline.cli import executor_overrides
     from llmtrain.pipeline import run_pipeline
 
+    args.overrides = [*args.overrides, *executor_overrides(args)]  # passed on to every stage
     recipe = load_recipe_from_args(args)
     run_pipeline(
         recipe,

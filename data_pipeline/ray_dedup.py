@@ -1,0 +1,188 @@
+"""Exact and near dedup on Ray, as a partitioned shuffle (the same result as `dedup.deduplicate`).
+
+    exact:  map (one task per scanned file)    its digests, split by digest into P partitions
+            reduce (one task per partition)    the ids whose digest appeared at an earlier id
+    near:   map (one task per scanned file)    band keys of its candidates, split by key into P
+                                               partitions (a bucket lands whole in one)
+            reduce (one task per partition)    per band, each member paired with the earliest
+                                               of its bucket; pairs checked on the signatures
+                                               (read from the scan files), returned with the
+                                               verdict
+            driver                             distinct pairs, clusters from the confirmed ones
+
+Only duplicate ids and candidate pairs come back to the driver; the driver holds one status
+byte per document (what the tokenize step reads) and nothing else per document. A reducer
+holds 1/P of the digests or band keys (16 + 8 bytes a document, 16 + 8 a band key), so its
+memory falls with P. Map outputs live in Ray's object store; a task lost with its worker or
+node is run again (Ray retries it, and rebuilds lost map outputs from their lineage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import DedupSection
+from .dedup import (
+    EXACT,
+    KEPT,
+    NEAR,
+    Corpus,
+    bucket_pair_array,
+    confirm_pairs,
+    duplicate_ids,
+    resolve_clusters,
+    unique_pairs,
+)
+from .minhash import band_keys
+from .scan import ScanOutput
+
+SIGNATURE_BLOCK = 1 << 15
+"""Documents whose signatures a near-dedup map task reads at a time."""
+
+
+def _split(partition: np.ndarray, partitions: int, *columns: np.ndarray) -> list[tuple]:
+    """Rows of `columns` grouped by partition (the order within a partition is kept)."""
+    order = np.argsort(partition, kind="stable")
+    bounds = np.searchsorted(partition[order], np.arange(partitions + 1))
+    return [
+        tuple(column[order[lo:hi]] for column in columns)
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def _returns(parts: list[tuple]) -> Any:
+    """A task's P returns (Ray wants a bare value when num_returns is 1)."""
+    return parts[0] if len(parts) == 1 else parts
+
+
+def exact_map(directory: str, start: int, partitions: int) -> Any:
+    """(digests, ids) of one scanned file, per partition of the digest."""
+    digests = ScanOutput(Path(directory)).array("exact")
+    ids = start + np.arange(digests.size, dtype=np.int64)
+    head = np.frombuffer(digests.tobytes(), dtype="<u8")[0::2]  # digests are uniform
+    return _returns(_split(head % np.uint64(partitions), partitions, digests, ids))
+
+
+def exact_reduce(*parts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The ids of one partition whose digest appeared at an earlier id (maps in file order,
+    so the ids are ascending)."""
+    digests = np.concatenate([p[0] for p in parts])
+    ids = np.concatenate([p[1] for p in parts])
+    return duplicate_ids(digests, ids)
+
+
+def near_map(
+    directory: str, start: int, status: np.ndarray, bands: int, rows: int, partitions: int
+) -> Any:
+    """(band, key, id) of every band of every candidate of one scanned file (kept by exact
+    dedup and with words), per partition of the key; ids ascending within each band."""
+    output = ScanOutput(Path(directory))
+    local = np.flatnonzero((status == KEPT) & output.array("shingled").astype(bool))
+    band_parts, key_parts, id_parts = [], [], []
+    for lo in range(0, local.size, SIGNATURE_BLOCK):
+        chosen = local[lo : lo + SIGNATURE_BLOCK]
+        block = output.signature_block(int(chosen[0]), int(chosen[-1]) + 1)
+        signatures = block[chosen - chosen[0]]
+        for band in range(bands):
+            band_parts.append(np.full(chosen.size, band, dtype=np.uint16))
+            key_parts.append(band_keys(signatures, band, rows))
+            id_parts.append(start + chosen)
+    if not band_parts:
+        empty = (np.zeros(0, np.uint16), np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        return _returns([empty] * partitions)
+    band = np.concatenate(band_parts)
+    key = np.concatenate(key_parts)
+    ids = np.concatenate(id_parts)
+    order = np.argsort(band, kind="stable")  # by band, then (blocks in order) ascending ids
+    band, key, ids = band[order], key[order], ids[order]
+    return _returns(_split(key % np.uint64(partitions), partitions, band, key, ids))
+
+
+def near_reduce(
+    directories: list[str], threshold: float | None, *parts: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct candidate pairs of one partition, True where the signatures confirm them)."""
+    band = np.concatenate([p[0] for p in parts])
+    key = np.concatenate([p[1] for p in parts])
+    ids = np.concatenate([p[2] for p in parts])
+    order = np.argsort(band, kind="stable")  # maps in file order: ids ascending per band
+    band, key, ids = band[order], key[order], ids[order]
+    bounds = np.searchsorted(band, np.arange(int(band.max()) + 2)) if band.size else [0]
+    found = [
+        bucket_pair_array(key[lo:hi], ids[lo:hi])
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        if hi - lo >= 2
+    ]
+    pairs = unique_pairs(found)
+    corpus = Corpus([("", ScanOutput(Path(d))) for d in directories])
+    return pairs, confirm_pairs(pairs, corpus.signature_rows, threshold)
+
+
+def deduplicate(
+    ray: Any,
+    files: list[tuple[str, ScanOutput]],
+    settings: DedupSection,
+    partitions: int,
+    run: Any,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(status of every document: KEPT, EXACT or NEAR, statistics), as `dedup.deduplicate`.
+
+    `run(step, tasks, fetch)` waits for tasks ({ref: (documents, message)}), reporting
+    progress, and returns {ref: value} (values fetched only with `fetch`)."""
+    directories = [str(output.directory) for _, output in files]
+    counts = [output.documents for _, output in files]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    status = np.full(int(starts[-1]), KEPT, dtype=np.uint8)
+    stats: dict[str, Any] = {}
+    options = {"num_returns": partitions, "max_retries": 3}
+    if settings.exact.enabled:
+        mapper = ray.remote(exact_map).options(**options)
+        maps = [mapper.remote(d, int(s), partitions) for d, s in zip(directories, starts[:-1])]
+        run("dedup exact map", _map_progress(maps, partitions, files), fetch=False)
+        reducer = ray.remote(exact_reduce).options(max_retries=3)
+        reduces = {
+            reducer.remote(*[_part(m, p, partitions) for m in maps]): (0, f"partition {p}")
+            for p in range(partitions)
+        }
+        removed = 0
+        for ids in run("dedup exact reduce", reduces).values():
+            status[ids] = EXACT
+            removed += ids.size
+        stats["exact"] = {"removed": int(removed)}
+    if settings.near.enabled:
+        near = settings.near
+        mapper = ray.remote(near_map).options(**options)
+        maps = [
+            mapper.remote(d, int(s), status[s : s + n], near.bands, near.rows, partitions)
+            for d, s, n in zip(directories, starts[:-1], counts)
+        ]
+        run("dedup near map", _map_progress(maps, partitions, files), fetch=False)
+        reducer = ray.remote(near_reduce).options(max_retries=3)
+        reduces = {}
+        for p in range(partitions):
+            ref = reducer.remote(
+                directories, near.threshold, *[_part(m, p, partitions) for m in maps]
+            )
+            reduces[ref] = (0, f"partition {p}")
+        results = list(run("dedup near reduce", reduces).values())
+        pairs = np.concatenate([r[0] for r in results]).reshape(-1, 2)
+        verdicts = np.concatenate([r[1] for r in results])
+        pairs, first = np.unique(pairs, axis=0, return_index=True)  # a pair found in 2 bands
+        removed_ids, stats["near"] = resolve_clusters(pairs, verdicts[first].astype(bool))
+        status[removed_ids] = NEAR
+    return status, stats
+
+
+def _map_progress(maps: list, partitions: int, files: list[tuple[str, ScanOutput]]) -> dict:
+    """The map tasks to wait for, as `run` takes them (their first return stands for each)."""
+    return {
+        _part(m, 0, partitions): (output.documents, str(output.directory))
+        for m, (_, output) in zip(maps, files, strict=True)
+    }
+
+
+def _part(returns: Any, partition: int, partitions: int) -> Any:
+    return returns if partitions == 1 else returns[partition]

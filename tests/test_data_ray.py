@@ -1,0 +1,236 @@
+"""`llmtrain data` on Ray (data.executor: ray) on a two-node cluster on loopback: the same
+shards and manifest as the local executor, byte for byte; a worker killed mid-scan and
+mid-dedup, and a killed driver, change nothing; without Ray the error names the extra."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmtrain.data_pipeline.build import build_data
+from llmtrain.errors import RecipeError
+from llmtrain.recipe import load_recipe, validate_recipe
+from tests.data_support import data_recipe, english_documents, write_jsonl
+from tests.ray_support import REPO
+from tests.ray_support import ray_cluster as _session_cluster
+from tests.test_data_build import near_copy
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+ray_cluster = _session_cluster  # the session's two-node cluster (tests/ray_support.py)
+
+
+def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
+    """Two sources over several files, with planted exact and near copies (within a source
+    and across sources) and documents that quote the eval file."""
+    web_files = []
+    base = [english_documents(40, seed=10 + n, words=(80, 200)) for n in range(4)]
+    eval_text = english_documents(3, seed=99, words=(30, 40))
+    for number, docs in enumerate(base):
+        docs = list(docs)
+        if number > 0:
+            docs.append(base[0][number].upper())  # exact copy of a file-0 document
+            docs.append(near_copy(base[0][number + 5], 1, seed=number))  # near copy
+        fresh = english_documents(1, seed=200 + number)[0]
+        docs.append(fresh + " " + eval_text[number % 3])  # contaminated
+        web_files.append(write_jsonl(tmp / "corpus" / f"web-{number}.jsonl", docs))
+    books = english_documents(30, seed=50)
+    books += [base[1][2].lower(), near_copy(base[2][3], 2, seed=7), near_copy(books[4], 1, seed=8)]
+    books_file = write_jsonl(tmp / "corpus" / "books.jsonl", books)
+    evals = write_jsonl(tmp / "corpus" / "eval.jsonl", eval_text)
+    sources = [
+        {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")]},
+        {"name": "books", "paths": [str(books_file)], "weight": 0.5},
+    ]
+    return sources, evals
+
+
+def recipe_of(tmp: Path, tokenizer_dir: Path, out: str, **data) -> dict:
+    sources, evals = write_corpus(tmp)
+    raw = data_recipe(
+        tmp,
+        tokenizer_dir,
+        sources,
+        validation={"fraction": 0.05},
+        shard_text_mb=0.05,
+        decontamination={"eval_files": [str(evals)], "ngram": 13, "min_words": 8},
+        **data,
+    )
+    raw["output_dir"] = str(tmp / out)
+    return raw
+
+
+def build_files(out: Path) -> dict[str, bytes]:
+    """Every file of a finished build but the step records and the lock, by relative path."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and "work" not in p.parts and p.name not in (".lock", "build.json")
+    }
+
+
+@pytest.fixture(scope="module")
+def local_build(tiny_tokenizer_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ray-data")
+    out = build_data(validate_recipe(recipe_of(tmp, tiny_tokenizer_dir, "local")))
+    return tmp, out
+
+
+def ray_settings(cluster, **extra) -> dict:
+    return {"executor": "ray", "ray": {"address": cluster.address, **extra}}
+
+
+def test_ray_build_is_the_local_build_byte_for_byte(
+    local_build,
+    tiny_tokenizer_dir,
+    ray_cluster,
+    caplog,
+):
+    cluster, _ = ray_cluster
+    tmp, local = local_build
+    manifest = json.loads((local / "manifest.json").read_text())
+    web, books = manifest["sources"]
+    # the planted copies are found, so equal builds mean equal dedup
+    assert (web["exact_duplicates"], books["exact_duplicates"]) == (3, 1)
+    assert web["near_duplicates"] == 3 and books["near_duplicates"] == 2
+    assert sum(web["decontaminated"].values()) == 4
+    assert len(manifest["shards"]) > 4
+    raw = recipe_of(tmp, tiny_tokenizer_dir, "ray", **ray_settings(cluster, partitions=3))
+    with caplog.at_level("INFO", logger="llmtrain.data"):
+        out = build_data(validate_recipe(raw))
+    assert build_files(out) == build_files(local)
+    assert "Ray: 2 nodes, 2 CPUs, 3 dedup partitions" in caplog.text
+    assert "[dedup near reduce: 3/3 tasks done" in caplog.text
+    assert "[scan: 5/5 files done" in caplog.text
+    # the executor is not part of the build's identity: the local build is complete for Ray
+    raw["output_dir"] = str(local.parent)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="llmtrain.data"):
+        build_data(validate_recipe(raw))
+    assert "is complete with these settings; nothing to do" in caplog.text
+
+
+def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
+    local_build,
+    tiny_tokenizer_dir,
+    ray_cluster,
+    tmp_path,
+):
+    import ray
+
+    cluster, _ = ray_cluster
+    tmp, local = local_build
+    kills = [
+        "llmtrain.data_pipeline.scan:process_chunk",
+        "llmtrain.data_pipeline.ray_dedup:confirm_pairs",
+        "llmtrain.data_pipeline.tokenize:encode_documents",
+    ]
+    ray.init(
+        address=cluster.address,
+        runtime_env={
+            "worker_process_setup_hook": "tests.ray_support.kill_once_hook",
+            "env_vars": {
+                "PYTHONPATH": str(REPO),
+                "LLMTRAIN_TEST_KILL": ",".join(kills),
+                "LLMTRAIN_TEST_KILL_DIR": str(tmp_path),
+            },
+        },
+    )
+    try:
+        raw = recipe_of(tmp, tiny_tokenizer_dir, "killed", **ray_settings(cluster, partitions=2))
+        out = build_data(validate_recipe(raw))  # on the connection opened above
+    finally:
+        ray.shutdown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kills)  # each killed once
+    assert build_files(out) == build_files(local)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_killed_driver_resumes_without_redoing_finished_steps(
+    local_build,
+    tiny_tokenizer_dir,
+    ray_cluster,
+    caplog,
+):
+    cluster, environment = ray_cluster
+    tmp, local = local_build
+    raw = recipe_of(tmp, tiny_tokenizer_dir, "driver")
+    recipe = tmp / "driver.yaml"
+    recipe.write_text(json.dumps(raw), encoding="utf-8")  # JSON is YAML
+    steps = tmp / "driver" / "data" / "work" / "steps"
+    command = [sys.executable, "-m", "llmtrain", "data", str(recipe), "--executor", "ray"]
+    process = subprocess.Popen(
+        [*command, "--ray-address", cluster.address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **environment},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (steps.is_dir() and len(list(steps.glob("scan--*.json"))) >= 2):
+        if process.poll() is not None:
+            pytest.fail(f"the build ended before it could be killed:\n{process.stderr.read()}")
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver only: Ray's processes are the cluster's
+    process.wait()
+    scanned_before = len(list(steps.glob("scan--*.json")))
+    assert scanned_before < 5 and not (steps.parent.parent / "manifest.json").exists()
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="llmtrain.data"):
+        out = build_data(load_recipe(recipe, executor_overrides(cluster.address)))
+    rescanned = [m for m in caplog.messages if m.startswith("scan ")]
+    assert len(rescanned) == 5 - scanned_before  # only the files not scanned before
+    assert build_files(out) == build_files(local)
+
+
+def executor_overrides(address: str) -> list[str]:
+    from llmtrain.cli import build_parser
+    from llmtrain.data_pipeline.cli import executor_overrides as overrides_of
+
+    args = build_parser().parse_args(
+        ["data", "r.yaml", "--executor", "ray", "--ray-address", address]
+    )
+    return overrides_of(args)
+
+
+def test_executor_flags_become_recipe_keys():
+    from llmtrain.cli import build_parser
+    from llmtrain.data_pipeline.cli import executor_overrides as overrides_of
+
+    for command in (["data", "r.yaml"], ["run", "r.yaml"]):
+        args = build_parser().parse_args([*command, "--executor", "ray", "--ray-address", "none"])
+        assert overrides_of(args) == ["data.executor=ray", "data.ray.address=null"]
+    assert executor_overrides("10.0.0.1:6379") == [
+        "data.executor=ray",
+        'data.ray.address="10.0.0.1:6379"',
+    ]
+
+
+def test_ray_executor_without_ray_names_the_extra(
+    local_build, tiny_tokenizer_dir, monkeypatch, tmp_path
+):
+    tmp, _ = local_build
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    raw = recipe_of(tmp, tiny_tokenizer_dir, "no-ray", executor="ray")
+    with pytest.raises(RecipeError) as error:
+        build_data(validate_recipe(raw))
+    assert str(error.value) == (
+        "data.executor is 'ray' but Ray is not installed; install it with "
+        "`pip install llmtrain[ray]`, or set data.executor: local (or --executor local)"
+    )
