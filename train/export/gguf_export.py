@@ -139,10 +139,15 @@ def _add_hyperparameters(gguf: Any, w: Any, c: dict[str, Any], arch: str, out_ty
             w.add_vocab_size(c["vocab_size"])
             w.add_rope_dimension_count(head_dim)
         if arch == "qwen3moe":
-            w.add_expert_count(c["num_experts"])
+            w.add_expert_count(expert_count(c))
             w.add_expert_used_count(c["num_experts_per_tok"])
             w.add_expert_feed_forward_length(c["moe_intermediate_size"])
     w.add_file_type(file_type(gguf, out_type))
+
+
+def expert_count(config: dict[str, Any]) -> int:
+    """transformers 5 saves Qwen3-MoE's num_experts as num_local_experts."""
+    return config.get("num_local_experts") or config["num_experts"]
 
 
 def _rope_theta(config: dict[str, Any]) -> float:
@@ -226,7 +231,7 @@ def _tensors(gguf: Any, model_dir: Path, config: dict[str, Any], arch: str):
         elif arch == "gpt2" and name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
             data = np.ascontiguousarray(data.T)
         elif arch == "qwen3moe" and ".mlp.experts." in name:
-            yield from _stacked_experts(name, data, experts, config["num_experts"], names)
+            yield from _stacked_experts(name, data, experts, expert_count(config), names)
             continue
         yield _gguf_name(names, name), data
     if experts:
