@@ -45,7 +45,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         help="rebuild a build made with other settings (steps whose inputs did not change "
         "are reused)",
     )
-    add_executor_arguments(parser)
+    add_run_options(parser)
     parser.add_argument(
         "--verify",
         action="store_true",
@@ -54,7 +54,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     parser.set_defaults(func=_run)
 
 
-def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser) -> None:
     """--executor and --ray-address (for `llmtrain data` and `llmtrain run`)."""
     parser.add_argument(
         "--executor",
@@ -69,7 +69,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def executor_overrides(args: argparse.Namespace) -> list[str]:
+def run_overrides(args: argparse.Namespace) -> list[str]:
     """The recipe overrides (`--set` form) that --executor and --ray-address stand for."""
     overrides = []
     if args.executor:
@@ -81,7 +81,7 @@ def executor_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    args.overrides = [*(args.overrides or []), *executor_overrides(args)]
+    args.overrides = [*(args.overrides or []), *run_overrides(args)]
     recipe = load_recipe_from_args(args)
     if args.verify:
         _verify(recipe.stage_dir("data"))

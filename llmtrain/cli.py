@@ -25,7 +25,15 @@ STAGE_COMMANDS: tuple[str, ...] = (
     "llmtrain.train.evaluate.cli",
     "llmtrain.train.export.cli",
 )
-"""Modules with a `register(subparsers)` function, in the order their commands are listed."""
+"""Modules with a `register(commands, common)` function, in the order their commands are
+listed; those of stage packages also declare their stages (`STAGES`, see llmtrain.stages) and
+may add options to `llmtrain run` (`add_run_options(parser)`, `run_overrides(args)` -> recipe
+overrides passed on to every stage)."""
+
+
+def stage_command_modules() -> list:
+    return [importlib.import_module(name) for name in STAGE_COMMANDS]
+
 
 USER_ERROR_EXIT = 2
 
@@ -107,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _debug_flag(common, default=argparse.SUPPRESS)
 
-    for module_name in STAGE_COMMANDS:
-        importlib.import_module(module_name).register(commands, common)
+    for module in stage_command_modules():
+        module.register(commands, common)
 
     run = commands.add_parser(
         "run", help="run the recipe's stages in order, skipping finished ones", parents=[common]
@@ -129,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="launch training stages with torchrun on N processes",
     )
     run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
-    from llmtrain.data_pipeline.cli import add_executor_arguments  # here: it imports this module
-
-    add_executor_arguments(run)
+    for module in stage_command_modules():
+        if hasattr(module, "add_run_options"):
+            module.add_run_options(run)
     run.set_defaults(func=_run_pipeline)
 
     report = commands.add_parser(
@@ -169,10 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pipeline(args: argparse.Namespace) -> None:
-    from llmtrain.data_pipeline.cli import executor_overrides
     from llmtrain.pipeline import run_pipeline
 
-    args.overrides = [*args.overrides, *executor_overrides(args)]  # passed on to every stage
+    for module in stage_command_modules():  # options a stage adds to `run` (data: --executor)
+        if hasattr(module, "run_overrides"):
+            args.overrides = [*args.overrides, *module.run_overrides(args)]  # to every stage
     recipe = load_recipe_from_args(args)
     run_pipeline(
         recipe,

@@ -330,16 +330,24 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    mapping: dict = {}
-    for key_node, value_node in node.value:
+    seen: set = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` merges; the mapping's own keys win over merged ones
         key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
+        if key in seen:
             mark = key_node.start_mark
             raise RecipeError(
                 f"{mark.name}:{mark.line + 1}: key {key!r} appears twice in the same mapping; "
                 "keep one"
             )
-        mapping[key] = loader.construct_object(value_node, deep=deep)
+        seen.add(key)
+    loader.flatten_mapping(node)  # merged pairs first, so later (own) keys overwrite them
+    mapping: dict = {}
+    for key_node, value_node in node.value:
+        mapping[loader.construct_object(key_node, deep=deep)] = loader.construct_object(
+            value_node, deep=deep
+        )
     return mapping
 
 
@@ -356,7 +364,14 @@ def _read_yaml_file(path: Path) -> dict:
     try:
         stream = io.StringIO(text)
         stream.name = str(path)  # so YAML marks name the file
-        data = yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _StrictLoader(stream)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, path)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -368,6 +383,44 @@ def _read_yaml_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+MAX_RECIPE_VALUES = 100_000
+"""A recipe expands (aliases resolved) to at most this many YAML nodes: a few nested aliases
+can otherwise stand for billions of values (the "billion laughs")."""
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse a recursive alias (an anchor inside itself) and a recipe whose aliases expand
+    past MAX_RECIPE_VALUES, before anything is built from it."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            mark = node.start_mark
+            raise RecipeError(
+                f"{path}:{mark.line + 1}: this anchor is used inside itself (a recursive "
+                "alias); a recipe must be a tree, so copy the values instead"
+            )
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        open_nodes.discard(id(node))
+        if total > MAX_RECIPE_VALUES:
+            raise RecipeError(
+                f"{path}: the recipe expands to more than {MAX_RECIPE_VALUES:,} values once its "
+                "aliases are resolved (nested `*alias` lists?); a recipe is a few hundred keys"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def deep_merge(base: dict, child: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
@@ -164,7 +165,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (left by a run killed after its last checkpoint)."""
@@ -187,7 +188,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    """Tensors and numpy scalars as plain Python numbers."""
+    """Tensors and numpy scalars as plain Python numbers; NaN and infinities as null, so every
+    line is strict JSON (a bare NaN is not JSON)."""
     if hasattr(value, "item") and callable(value.item):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value

@@ -16,13 +16,40 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+)
 
 
 class Section(BaseModel):
-    """Base of every recipe section: unknown keys are rejected, field docstrings document."""
+    """Base of every recipe section: unknown keys are rejected, field docstrings document,
+    numbers are finite (`lr: .inf` is an error) and a boolean is not a number (`steps: true`
+    would otherwise be 1)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if not _admits(annotation, (bool,)) and _admits(annotation, (int, float)):
+                kind = "a number" if _admits(annotation, (float,)) else "an integer"
+                raise ValueError(f"expected {kind}, got {str(value).lower()}")
+        return value
+
+
+def _admits(annotation: Any, types_: tuple[type, ...]) -> bool:
+    """Whether a field annotation (unions and Literal/Annotated wrappers included) takes one of
+    `types_` (bool is not taken for int)."""
+    if annotation in types_:
+        return True
+    return any(_admits(arg, types_) for arg in typing.get_args(annotation) if arg is not None)
 
 
 class SourcedStr(str):

@@ -22,7 +22,6 @@ stages is the order `llmtrain run` runs them in.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -72,13 +71,13 @@ class Stage:
 @functools.cache
 def registry() -> dict[str, Stage]:
     """Every registered stage kind by name, in pipeline order."""
-    from llmtrain.cli import STAGE_COMMANDS
+    from llmtrain.cli import stage_command_modules
 
     kinds: dict[str, Stage] = {}
-    for module_name in STAGE_COMMANDS:
-        for stage in getattr(importlib.import_module(module_name), "STAGES", ()):
+    for module in stage_command_modules():
+        for stage in getattr(module, "STAGES", ()):
             if stage.name in kinds:
-                raise ValueError(f"stage {stage.name!r} is registered twice ({module_name})")
+                raise ValueError(f"stage {stage.name!r} is registered twice ({module.__name__})")
             kinds[stage.name] = stage
     return kinds
 

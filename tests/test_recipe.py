@@ -252,3 +252,48 @@ def test_set_indexes_lists_and_types_numbers(write_recipe, tmp_path):
         "--set tokenizer.sources.2.max_chars: tokenizer.sources.2: expected a list index "
         "below 2, got '2'"
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pretrain.steps=true", "pretrain.steps: expected an integer, got true"),
+        ("pretrain.grad_clip=false", "pretrain.grad_clip: expected a number, got false"),
+        ("pretrain.lr=.inf", "pretrain.lr: expected a finite number, got inf"),
+        ("pretrain.lr=.nan", "pretrain.lr: expected a finite number, got nan"),
+        (
+            "tokenizer.vocab_size=1000000000",
+            "tokenizer.vocab_size: expected less than or equal to 1048576, got 1000000000",
+        ),
+    ],
+)
+def test_booleans_are_not_numbers_and_numbers_are_finite(write_recipe, override, message):
+    path = write_recipe(
+        "name: t\noutput_dir: out\ntokenizer: {sources: [{paths: [a.txt]}]}\npretrain: {steps: 3}\n"
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [override])
+    assert str(err.value) == f"{path}: {message}"
+    assert load_recipe(path, ["pretrain.compile=true"]).pretrain.compile is True
+
+
+def test_recursive_alias_and_alias_bomb_are_refused_quickly(write_recipe):
+    recursive = write_recipe("name: t\noutput_dir: out\nx: &x\n  y: *x\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recursive)
+    assert str(err.value) == (
+        f"{recursive}:3: this anchor is used inside itself (a recursive alias); a recipe must "
+        "be a tree, so copy the values instead"
+    )
+    lines = ["name: t", "output_dir: out", "l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = write_recipe("\n".join(lines) + "\n")  # 10^9 values once expanded
+    with pytest.raises(RecipeError, match="expands to more than 100,000 values"):
+        load_recipe(bomb)
+    # anchors and merge keys within the limit keep working
+    merged = write_recipe(
+        "name: t\noutput_dir: out\npretrain: &base {steps: 3, lr: 0.001}\n"
+        "stages:\n  pretrain_2: {<<: *base, kind: pretrain, steps: 5}\n"
+    )
+    second = load_recipe(merged).for_stage("pretrain_2").pretrain
+    assert (second.steps, second.lr) == (5, 0.001)

@@ -45,17 +45,10 @@ def mark_done(recipe, stage):
 
 def test_registry_declares_every_stage_once_and_the_recipe_follows_it():
     kinds = registry()
-    assert list(kinds) == [
-        "tokenizer",
-        "data",
-        "pretrain",
-        "sft",
-        "rm",
-        "dpo",
-        "ppo",
-        "grpo",
-        "eval",
-    ]
+    names = list(kinds)
+    core = ["tokenizer", "data", "pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval"]
+    assert [n for n in names if n in core] == core  # methods may join between them
+    assert names[:4] == core[:4] and names[-1] == "eval"
     for name, kind in kinds.items():
         assert Recipe.model_fields[name].annotation == kind.section | None
     assert (

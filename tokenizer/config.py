@@ -154,8 +154,9 @@ class TokenizerSection(Section):
     backend: Backend = "tokenizers"
     """Trainer: Hugging Face `tokenizers`, or `sentencepiece` (bpe or unigram; tokenizer.model
     is kept beside tokenizer.json)."""
-    vocab_size: int = Field(default=32768, gt=0)
-    """Learned tokens plus special tokens, before rounding."""
+    vocab_size: int = Field(default=32768, gt=0, le=1_048_576)
+    """Learned tokens plus special tokens, before rounding (at most 2^20; the largest
+    vocabularies in use are about 262k)."""
     pad_vocab_to_multiple_of: int = Field(default=64, ge=1)
     """Round the vocabulary up to a multiple of this with reserved special tokens, so that
     len(tokenizer) is the embedding size (GPU-friendly); 1: no rounding."""
