@@ -21,10 +21,12 @@ Normalisation (`normalize_answer`), applied to the extracted answer and to the r
   fraction dropped, exponents expanded (`3.0` -> `3`, `2.50` -> `2.5`, `1e3` -> `1000`,
   `-0` -> `0`), digits kept exactly (no float rounding of long integers).
 
-As lm-evaluation-harness's gsm8k filters (which drop `,`, `$` and a final `.` before an exact
-match) and verl's gsm8k reward (the last number), but with numbers compared by value: `3.0`
-equals `3`. `numeric_match` compares `parse_number` of the normalised answer within a
-tolerance instead.
+Close to lm-evaluation-harness's gsm8k (case ignored; `$`, `,` and a final `.` dropped before
+the exact match; its flexible-extract filter takes the last number) and verl's gsm8k reward
+(the last number, `,` and `$` removed), with two differences: numbers compare by value (`3.0`
+equals `3`, which both count wrong), and a comma is dropped only as a thousands separator
+(both read `1,5` as 15). `numeric_match` compares `parse_number` of the normalised answer
+within a tolerance instead.
 """
 
 from __future__ import annotations
