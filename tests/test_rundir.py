@@ -166,3 +166,11 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_pa
     time.sleep(0.1)
     RunDir(run_dir).start("a: 2\n", overwrite=True)
     assert (run_dir / "config.yaml").read_text() == "a: 2\n"
+
+
+def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.log(1, {"loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert line == '{"step": 1, "loss": null, "grad_norm": null, "lr": 0.001}\n'
+    json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics"))
