@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmtrain.confine import inside
 from llmtrain.errors import StageInputError
 
 from .shards import INDEX_DTYPE, dtype_from_name, file_sha256
@@ -70,7 +71,7 @@ def read_manifest(build_dir: str | Path) -> dict[str, Any]:
             ("path", shard["tokens"] * itemsize),
             ("index", (shard["documents"] + 1) * INDEX_DTYPE.itemsize),
         ):
-            file = build_dir / shard[key]
+            file = inside(build_dir, shard[key], f"{path}: shards")
             if not file.is_file():
                 raise _incomplete(build_dir, f"shard file {shard[key]} is missing")
             if file.stat().st_size != size:

@@ -241,3 +241,18 @@ def test_blend_keeps_every_source_within_one_window_of_its_share():
     for total in range(1, 2001):
         blend.next_source()
         assert all(abs(c - w * total) <= 1 for c, w in zip(blend.counts, weights, strict=True))
+
+
+@pytest.mark.parametrize("bad", ["/etc/hostname", "../../outside.bin", "shards/../../x.bin"])
+def test_a_manifest_path_outside_the_build_is_refused(one_source, bad):
+    manifest_path = one_source / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][0]["path"] = bad
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StageInputError) as error:
+        TrainBatches(one_source, seq_len=SEQ, micro_batch_size=1)
+    assert str(error.value) == (
+        f"{manifest_path}: shards: the path {bad!r} is not inside {one_source}; a record may "
+        "only name files in its own directory (rebuild or restore the directory instead of "
+        "editing it)"
+    )
