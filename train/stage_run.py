@@ -6,7 +6,7 @@ model and tokenizer, and finish the generation config of its final/.
     model_dir = run.input_model_dir()
     tokenizer = run.load_tokenizer(model_dir)
     ...                                              # load and check the rest
-    checkpoint = run.start(resume=..., overwrite=...)  # run directory + tracker
+    run.start(resume=..., overwrite=...)             # run directory + tracker; run.resume_from
 
 Nothing is written before `start()`, so a mistake found while loading leaves no run directory.
 """
@@ -90,6 +90,32 @@ class StageRun:
             self.tracker.log(0, metrics)
 
     # -- inputs --------------------------------------------------------------------------------
+
+    def input_model_dir(self, path: Path | None = None, key: str = "model") -> Path:
+        """The model directory to start from: `<method>.<key>`, else the input stage's final/."""
+        given = path if path is not None else getattr(self.section, key)
+        if given is None:
+            stage = self.recipe.input_stage(self.method, "model")
+            default = self.recipe.output_dir / stage / "final"
+            if not default.is_dir():
+                raise StageInputError(
+                    f"{self.method}: no input model at {default}; run "
+                    f"`{self.recipe.stage_kind(stage).shell_command(stage)}` first, or set "
+                    f"{self.method}.{key} to a Hugging Face model directory"
+                )
+            given = default
+        given = Path(given)
+        if not given.is_dir():
+            raise StageInputError(
+                f"{self.method}.{key}: model directory not found: {given}; give a directory "
+                "written by save_pretrained (config.json, weights, tokenizer)"
+            )
+        if not (given / "config.json").is_file():
+            raise StageInputError(
+                f"{self.method}.{key}: {given} has no config.json, so it is not a Hugging Face "
+                "model directory; save the model with save_pretrained"
+            )
+        return given
 
     def load_tokenizer(self, model_dir: Path) -> Any:
         """The tokenizer of `<method>.tokenizer`, else of the model directory; pad = eos if unset."""

@@ -62,7 +62,6 @@ from llmtrain.train.align.prompts import (
 )
 from llmtrain.train.align.rewards import RewardSet, build_rewards, reward_search_path
 from llmtrain.train.align.rl_config import PPOSection
-from llmtrain.train.align.trl_glue import AlignRun
 from llmtrain.train.engine import (
     DeepSpeedEngine,
     PlainEngine,
@@ -75,14 +74,14 @@ from llmtrain.train.engine import (
 )
 from llmtrain.train.loop import TrainingLoop
 from llmtrain.train.optim import lr_multiplier, param_groups
-from llmtrain.train.stage_run import finish_generation_config
+from llmtrain.train.stage_run import StageRun, finish_generation_config
 
 log = logging.getLogger(__name__)
 
 
 def run_ppo(recipe: Any, args: Any) -> Path:
     section: PPOSection = recipe.section("ppo")
-    run = AlignRun(recipe, "ppo", section)
+    run = StageRun(recipe, "ppo", section)
     try:
         trainer = PPOTrainer(recipe, section, run)
         return TrainingLoop(trainer, run, trainer.accelerator, section).run(
@@ -230,7 +229,7 @@ class Rollout:
 
 
 class PPOTrainer:
-    def __init__(self, recipe: Any, section: PPOSection, run: AlignRun):
+    def __init__(self, recipe: Any, section: PPOSection, run: StageRun):
         from transformers import AutoModelForCausalLM
 
         self.recipe, self.section, self.run = recipe, section, run

@@ -1,8 +1,8 @@
 """Our recipe around TRL's trainers, shared by every TRL-backed method (sft, rm, dpo, grpo).
 
-`AlignRun` is a `StageRun` (stage_run.py: inputs, seed, run directory and tracker, tokenizer,
-final/'s generation config, shared with the stages on our own loop shell) plus what a TRL
-trainer needs: its arguments, datasets, LoRA, callbacks, checkpoints and final/ from a trainer.
+`AlignRun` is a `StageRun` (stage_run.py: inputs, seed, run directory and tracker, input model,
+tokenizer, final/'s generation config, shared with the stages on our own loop shell) plus what a
+TRL trainer needs: its arguments, datasets, LoRA, callbacks, checkpoints and final/ from a trainer.
 
     run = AlignRun(recipe, "sft", section)             # checks the recipe's input files
     model_dir = run.input_model_dir()
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.atomic import atomic_path
-from llmtrain.errors import InputDataError, RecipeError, StageInputError
+from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.rundir import RunDir
 from llmtrain.tracking import Tracker
 from llmtrain.train.stage_run import StageRun, finish_generation_config
@@ -58,32 +58,6 @@ class AlignRun(StageRun):
     """
 
     # -- inputs --------------------------------------------------------------------------------
-
-    def input_model_dir(self, path: Path | None = None, key: str = "model") -> Path:
-        """The model directory to start from: `<method>.<key>`, else the input stage's final/."""
-        given = path if path is not None else getattr(self.section, key)
-        if given is None:
-            stage = self.recipe.input_stage(self.method, "model")
-            default = self.recipe.output_dir / stage / "final"
-            if not default.is_dir():
-                raise StageInputError(
-                    f"{self.method}: no input model at {default}; run "
-                    f"`{self.recipe.stage_kind(stage).shell_command(stage)}` first, or set "
-                    f"{self.method}.{key} to a Hugging Face model directory"
-                )
-            given = default
-        given = Path(given)
-        if not given.is_dir():
-            raise StageInputError(
-                f"{self.method}.{key}: model directory not found: {given}; give a directory "
-                "written by save_pretrained (config.json, weights, tokenizer)"
-            )
-        if not (given / "config.json").is_file():
-            raise StageInputError(
-                f"{self.method}.{key}: {given} has no config.json, so it is not a Hugging Face "
-                "model directory; save the model with save_pretrained"
-            )
-        return given
 
     def chat_template(self, records: list[dict], tokenizer: Any, model_dir: Path) -> str | None:
         """The template conversations are rendered with (set on the tokenizer), or None when
