@@ -61,6 +61,24 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
     ),
     PrivateMember(
         "trl",
+        "trl.KTOTrainer",
+        "_prepare_dataset",
+        "override",
+        ("dataset", "processing_class", "args", "dataset_name"),
+        "train/align/kto.py: examples that chat_data already tokenized and fitted skip TRL's "
+        "tokenization; we add the KL completions TRL would add after it",
+    ),
+    PrivateMember(
+        "trl",
+        "trl.DPOTrainer",
+        "_precompute_ref_logps",
+        "override",
+        ("dataset", "name", "batch_size"),
+        "train/align/ref_free.py: orpo and simpo have no reference model; DPOTrainer is told the "
+        "reference log-probs are precomputed (so it loads none) and computing them is a no-op",
+    ),
+    PrivateMember(
+        "trl",
         "trl.GRPOTrainer",
         "_generate_single_turn",
         "override",

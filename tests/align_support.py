@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pytest import approx
 
 from llmtrain.data_pipeline.arithmetic import (
     Problem,
@@ -115,3 +116,59 @@ def assert_final_is_merged_adapter(run_dir: Path, trainer: Any) -> Any:
         expected = trainer.model.eval()(**batch).logits
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-4)
     return batch, expected
+
+
+def unpaired_records(preference: dict) -> list[dict]:
+    """A style preference as two unpaired (KTO) records: the good and the bad reply."""
+    return [
+        {"prompt": preference["prompt"], "completion": preference["chosen"], "label": True},
+        {"prompt": preference["prompt"], "completion": preference["rejected"], "label": False},
+    ]
+
+
+def write_unpaired_data(folder: Path) -> tuple[Path, Path]:
+    """(train file, held-out file) of unpaired good/bad replies on disjoint problems."""
+    train, held = arithmetic_split()
+    rng = random.Random(0)
+    paths = []
+    for name, problems in (("unpaired", train), ("unpaired_held", held)):
+        records = [r for p in problems for r in unpaired_records(style_preference(p, rng))]
+        paths.append(write_jsonl(folder / f"{name}.jsonl", records))
+    return paths[0], paths[1]
+
+
+def assert_resume_repeats(run: Any, recipe: Any, method: str, cut: int, tmp_path: Path) -> None:
+    """Copy the finished run, cut it back to its step-`cut` checkpoint and resume it: every
+    metric of the steps after `cut` (timings aside) equals the uninterrupted run's."""
+    import shutil
+
+    from llmtrain.rundir import read_metrics
+
+    run_dir = recipe.stage_dir(method)
+    copy = tmp_path / "resumed"
+    shutil.copytree(run_dir.parent, copy)
+    shutil.rmtree(copy / method / "final")
+    for step_dir in (copy / method / "checkpoints").glob("step-*"):
+        if int(step_dir.name.split("-")[1]) > cut:
+            shutil.rmtree(step_dir)
+    run(load_recipe(recipe.source, [f"output_dir={copy}"]), run_args(resume=True))
+
+    # timings differ; TRL's running num_tokens count restarts from 0 on resume (not restored)
+    timing = ("time", "runtime", "per_second", "train_", "num_tokens")
+
+    def after_cut(path: Path) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if not any(t in k for t in timing)}
+            for r in read_metrics(path)
+            if r["step"] > cut and ("loss" in r or "eval_loss" in r)
+        ]
+
+    original = after_cut(run_dir / "metrics.jsonl")
+    resumed = after_cut(copy / method / "metrics.jsonl")
+    assert original, "no metrics after the cut"
+    assert [r["step"] for r in resumed] == [r["step"] for r in original]
+    for ours, theirs in zip(resumed, original, strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key] == approx(theirs[key], rel=1e-5, abs=1e-6), (ours["step"], key)
+    assert (copy / method / "final" / "model.safetensors").is_file()

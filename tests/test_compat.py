@@ -67,10 +67,19 @@ def test_private_member_is_as_we_use_it(member: PrivateMember):
 def _our_trainer_classes() -> list[type]:
     from llmtrain.train.align.dpo import dpo_trainer_class
     from llmtrain.train.align.grpo import grpo_trainer_class
+    from llmtrain.train.align.kto import kto_trainer_class
+    from llmtrain.train.align.ref_free import reference_free_trainer_class
     from llmtrain.train.align.rm import reward_trainer_class
     from llmtrain.train.align.sft import sft_trainer_class
 
-    return [dpo_trainer_class(), grpo_trainer_class(), reward_trainer_class(), sft_trainer_class()]
+    return [
+        dpo_trainer_class(),
+        grpo_trainer_class(),
+        reward_trainer_class(),
+        sft_trainer_class(),
+        kto_trainer_class(),
+        reference_free_trainer_class(),
+    ]
 
 
 def test_every_private_hook_we_override_is_listed():

@@ -8,6 +8,8 @@ Record kinds (one JSON object per line, a parquet row, or a `datasets` row):
 - preference: {"prompt": ..., "chosen": ..., "rejected": ...}, text or message lists; without
   "prompt", chosen and rejected are whole conversations and their shared first messages are
   the prompt.
+- unpaired (kto): {"prompt": ..., "completion": ..., "label": true/false}, text or message
+  lists; a preference record is read as two (chosen: true, rejected: false).
 
 Problems a user can fix (unknown role, empty assistant turn, missing fields) stop the run with
 file and line, or with `on_bad_record: skip` are skipped and counted. Preference pairs whose
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool"}
-RecordKind = Literal["sft", "preference", "prompt"]
+RecordKind = Literal["sft", "preference", "prompt", "unpaired"]
 
 
 class BadRecord(ValueError):
@@ -207,6 +209,37 @@ def normalize_preference(record: dict, margin_field: str | None = None) -> dict 
     return example
 
 
+def normalize_unpaired(record: dict) -> list[dict] | None:
+    """{"prompt", "completion", "label"} examples: one, or two from a preference record (None
+    when its chosen and rejected are identical)."""
+    if "chosen" in record or "rejected" in record:
+        pair = normalize_preference(record)
+        if pair is None:
+            return None
+        return [
+            {"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+            {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False},
+        ]
+    missing = [key for key in ("prompt", "completion", "label") if key not in record]
+    if missing:
+        raise BadRecord(
+            f"expected `prompt`, `completion` and `label` (or a preference pair); missing "
+            f"{', '.join(missing)} (fields: {', '.join(map(str, record)) or 'none'})"
+        )
+    label = record["label"]
+    if not isinstance(label, bool):
+        raise BadRecord(f"label must be true (a good completion) or false, got {label!r}")
+    example = normalize_sft({"prompt": record["prompt"], "completion": record["completion"]})
+    if "messages" in example:
+        split = example["train_from"]
+        if example["messages"][-1]["role"] != "assistant":
+            raise BadRecord("completion must end with an assistant turn")
+        prompt, completion = example["messages"][:split], example["messages"][split:]
+    else:
+        prompt, completion = example["prompt"], example["completion"]
+    return [{"prompt": prompt, "completion": completion, "label": label}]
+
+
 def read_examples(
     path: str,
     kind: RecordKind,
@@ -233,6 +266,8 @@ def read_examples(
                     example = normalize_sft(record)
                 elif kind == "prompt":
                     example = normalize_prompt(record)
+                elif kind == "unpaired":
+                    example = normalize_unpaired(record)
                 else:
                     example = normalize_preference(record, margin_field)
             except BadRecord as exc:
@@ -249,7 +284,10 @@ def read_examples(
             if example is None:
                 stats.identical += 1
                 continue
-            examples.append(example)
+            if kind == "unpaired":
+                examples.extend(example)
+            else:
+                examples.append(example)
         stats.skipped += read_stats.skipped
         stats.reasons.extend(read_stats.examples[: 5 - len(stats.reasons)])
     return examples, stats
@@ -563,5 +601,47 @@ def tokenize_preferences(
         if "margin" in example:
             row["margin"] = example["margin"]
         rows.append(row)
+        stats.examples += 1
+    return rows, stats
+
+
+def unpaired_tokens(
+    example: dict, tokenizer: Any, template: str | None
+) -> tuple[list[int], list[int]]:
+    """(prompt_ids, completion_ids) of one unpaired example."""
+    if isinstance(example["completion"], list):
+        prompt = list(
+            _render(tokenizer, example["prompt"], template, add_generation_prompt=True)["input_ids"]
+        )
+        whole = list(
+            _render(tokenizer, example["prompt"] + example["completion"], template)["input_ids"]
+        )
+        start = _common_prefix(prompt, whole)
+        return prompt[:start], whole[start:]
+    prompt = list(tokenizer(example["prompt"])["input_ids"])
+    completion = list(tokenizer(example["completion"], add_special_tokens=False)["input_ids"])
+    return prompt, completion + [tokenizer.eos_token_id]
+
+
+def tokenize_unpaired(
+    examples: Iterable[dict],
+    tokenizer: Any,
+    template: str | None,
+    *,
+    max_length: int,
+    on_too_long: str,
+) -> tuple[list[dict], TokenStats]:
+    """Rows {"prompt_ids", "completion_ids", "label"}, fitted to max_length as pairs are."""
+    rows, stats = [], TokenStats()
+    for example in examples:
+        prompt, completion = unpaired_tokens(example, tokenizer, template)
+        stats.longest = max(stats.longest, len(prompt) + len(completion))
+        if len(prompt) + len(completion) > max_length:
+            if on_too_long == "drop":
+                stats.dropped_too_long += 1
+                continue
+            prompt, completion, _ = fit_preference(prompt, completion, completion, max_length)
+            stats.truncated += 1
+        rows.append({"prompt_ids": prompt, "completion_ids": completion, "label": example["label"]})
         stats.examples += 1
     return rows, stats

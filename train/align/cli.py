@@ -17,7 +17,14 @@ from llmtrain.cli import (
     load_recipe_from_args,
 )
 from llmtrain.stages import Stage
-from llmtrain.train.align.config import DPOSection, RMSection, SFTSection
+from llmtrain.train.align.config import (
+    DPOSection,
+    KTOSection,
+    ORPOSection,
+    RMSection,
+    SFTSection,
+    SimPOSection,
+)
 from llmtrain.train.align.rl_config import GRPOSection, PPOSection
 
 STAGES = (
@@ -45,6 +52,30 @@ STAGES = (
         reads={"model": "sft"},
         curves=("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"),
         entry="llmtrain.train.align.dpo:run_dpo",
+    ),
+    Stage(
+        name="kto",
+        section=KTOSection,
+        command=("align", "--method", "kto"),
+        reads={"model": "sft"},
+        curves=("loss", "rewards/margins", "kl", "eval_rewards/margins"),
+        entry="llmtrain.train.align.kto:run_kto",
+    ),
+    Stage(
+        name="orpo",
+        section=ORPOSection,
+        command=("align", "--method", "orpo"),
+        reads={"model": "sft"},
+        curves=("loss", "nll_loss", "log_odds_ratio", "eval_rewards/accuracies"),
+        entry="llmtrain.train.align.ref_free:run_orpo",
+    ),
+    Stage(
+        name="simpo",
+        section=SimPOSection,
+        command=("align", "--method", "simpo"),
+        reads={"model": "sft"},
+        curves=("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"),
+        entry="llmtrain.train.align.ref_free:run_simpo",
     ),
     Stage(
         name="ppo",

@@ -1,4 +1,5 @@
-"""Recipe sections of the alignment methods built on TRL: `sft:`, `rm:` and `dpo:`.
+"""Recipe sections of the alignment methods built on TRL: `sft:`, `rm:`, `dpo:`, `kto:`,
+`orpo:` and `simpo:`.
 
     sft:
       data: [{path: ../runs/corpus/sft.jsonl}, {path: extra/*.parquet, weight: 0.5}]
@@ -252,3 +253,63 @@ class DPOSection(AlignSection):
         if "exo_pair" in self.loss_type and self.label_smoothing == 0:
             raise ValueError("loss_type exo_pair needs label_smoothing > 0 (the paper uses 1e-3)")
         return self
+
+
+class KTOSection(AlignSection):
+    """KTO (Ethayarajh et al. 2024) on TRL's KTOTrainer: unpaired good and bad completions
+    ({prompt, completion, label: true/false}; preference pairs are split into one of each),
+    against a frozen reference model."""
+
+    lr: float = Field(default=1e-6, gt=0)
+    """Peak learning rate."""
+    beta: float = Field(default=0.1, gt=0)
+    """Strength of the pull towards the reference."""
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    """kto: the paper's loss, with its KL estimate from mismatched prompt/completion pairs of
+    the micro-batch; apo_zero_unpaired: APO-zero on unpaired data (no KL estimate)."""
+    desirable_weight: float = Field(default=1.0, gt=0)
+    """Weight of the loss on good completions (raise it when they are the fewer)."""
+    undesirable_weight: float = Field(default=1.0, gt=0)
+    """Weight of the loss on bad completions."""
+    ref_model: InputPath | None = None
+    """Reference model directory; default the input model (a frozen copy)."""
+    precompute_ref_log_probs: bool = False
+    """Score every example with the reference once before training and free it (less memory)."""
+
+    @model_validator(mode="after")
+    def _check_kto(self) -> KTOSection:
+        if self.loss_type == "kto" and self.micro_batch_size < 2:
+            raise ValueError(
+                "loss_type kto estimates its KL term from the other completions of the "
+                "micro-batch: set micro_batch_size to 2 or more"
+            )
+        return self
+
+
+class ORPOSection(AlignSection):
+    """ORPO (Hong et al. 2024): supervised loss on the chosen completion plus an odds-ratio
+    preference term, on preference pairs; no reference model (it can replace SFT + DPO)."""
+
+    lr: float = Field(default=8e-6, gt=0)
+    """Peak learning rate."""
+    beta: float = Field(default=0.1, gt=0)
+    """Weight of the odds-ratio term (the paper's lambda; TRL's ORPOConfig.beta)."""
+    padding_free: bool = False
+    """As for dpo: the chosen and rejected sequences of a micro-batch in one row, no padding."""
+
+
+class SimPOSection(AlignSection):
+    """SimPO (Meng et al. 2024): the mean log-probability per token as the implicit reward, a
+    target margin, no reference model, on preference pairs."""
+
+    lr: float = Field(default=1e-6, gt=0)
+    """Peak learning rate."""
+    beta: float = Field(default=2.0, gt=0)
+    """Scale of the reward difference (the paper uses 2 to 10)."""
+    gamma: float = Field(default=1.0, ge=0)
+    """Target reward margin (TRL's CPOConfig.simpo_gamma; the paper sets gamma / beta around
+    0.5)."""
+    sft_weight: float = Field(default=0.0, ge=0)
+    """Weight of a supervised loss on the chosen completion (CPO-SimPO; TRL's cpo_alpha)."""
+    padding_free: bool = False
+    """As for dpo: the chosen and rejected sequences of a micro-batch in one row, no padding."""
