@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmtrain.chat import stop_token_ids
+from llmtrain.chat import end_of_turn_token_id, stop_token_ids
 from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.ppo_core import (
@@ -425,7 +425,7 @@ class PPOTrainer:
         policy.config.use_cache = True
         policy.save_pretrained(str(directory), state_dict=policy_state, safe_serialization=True)
         self.tokenizer.save_pretrained(str(directory))
-        turn_end = next((i for i in self.stop_ids if i != self.tokenizer.eos_token_id), None)
+        turn_end = end_of_turn_token_id(self.tokenizer, self.template)
         finish_generation_config(directory, self.tokenizer, turn_end)
 
     def _batch_prompts(self) -> list[FittedPrompt]:
