@@ -16,7 +16,7 @@ from llmtrain.cli import (
     add_stage_argument,
     load_recipe_from_args,
 )
-from llmtrain.stages import Stage
+from llmtrain.stages import Produces, Stage
 from llmtrain.train.align.config import (
     DPOSection,
     KTOSection,
@@ -25,74 +25,76 @@ from llmtrain.train.align.config import (
     SFTSection,
     SimPOSection,
 )
-from llmtrain.train.align.rl_config import GRPOSection, PPOSection
+from llmtrain.train.align.rl_config import GRPOSection, GSPOSection, PPOSection, RLOOSection
+
+FROM_SFT = {"model": "sft"}
+FROM_SFT_AND_RM = {"model": "sft", "reward_model": "rm"}
+PREFERENCE_CURVES = ("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies")
+GROUP_CURVES = ("reward", "reward_std", "reward_group_zero_std_share", "kl", "loss", "entropy")
+
+
+def method(
+    name: str,
+    section: type,
+    entry: str,
+    *,
+    reads: dict[str, str] = FROM_SFT,
+    curves: tuple[str, ...] = (),
+    produces: Produces = "causal_lm",
+) -> Stage:
+    """The Stage of `llmtrain align --method NAME`; `entry` is "module:function" of this package."""
+    return Stage(
+        name=name,
+        section=section,
+        command=("align", "--method", name),
+        reads=reads,
+        produces=produces,
+        curves=curves,
+        entry=f"llmtrain.train.align.{entry}",
+    )
+
 
 STAGES = (
-    Stage(
-        name="sft",
-        section=SFTSection,
-        command=("align", "--method", "sft"),
-        reads={"model": "pretrain"},
-        curves=("loss", "eval_loss"),
-        entry="llmtrain.train.align.sft:run_sft",
+    method(
+        "sft", SFTSection, "sft:run_sft", reads={"model": "pretrain"}, curves=("loss", "eval_loss")
     ),
-    Stage(
-        name="rm",
-        section=RMSection,
-        command=("align", "--method", "rm"),
-        reads={"model": "sft"},
+    method(
+        "rm",
+        RMSection,
+        "rm:run_rm",
         produces="reward_model",
         curves=("loss", "eval_accuracy", "accuracy"),
-        entry="llmtrain.train.align.rm:run_rm",
     ),
-    Stage(
-        name="dpo",
-        section=DPOSection,
-        command=("align", "--method", "dpo"),
-        reads={"model": "sft"},
-        curves=("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"),
-        entry="llmtrain.train.align.dpo:run_dpo",
-    ),
-    Stage(
-        name="kto",
-        section=KTOSection,
-        command=("align", "--method", "kto"),
-        reads={"model": "sft"},
+    method("dpo", DPOSection, "dpo:run_dpo", curves=PREFERENCE_CURVES),
+    method(
+        "kto",
+        KTOSection,
+        "kto:run_kto",
         curves=("loss", "rewards/margins", "kl", "eval_rewards/margins"),
-        entry="llmtrain.train.align.kto:run_kto",
     ),
-    Stage(
-        name="orpo",
-        section=ORPOSection,
-        command=("align", "--method", "orpo"),
-        reads={"model": "sft"},
+    method(
+        "orpo",
+        ORPOSection,
+        "ref_free:run_orpo",
         curves=("loss", "nll_loss", "log_odds_ratio", "eval_rewards/accuracies"),
-        entry="llmtrain.train.align.ref_free:run_orpo",
     ),
-    Stage(
-        name="simpo",
-        section=SimPOSection,
-        command=("align", "--method", "simpo"),
-        reads={"model": "sft"},
-        curves=("loss", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"),
-        entry="llmtrain.train.align.ref_free:run_simpo",
-    ),
-    Stage(
-        name="ppo",
-        section=PPOSection,
-        command=("align", "--method", "ppo"),
-        reads={"model": "sft", "reward_model": "rm"},
+    method("simpo", SimPOSection, "ref_free:run_simpo", curves=PREFERENCE_CURVES),
+    method(
+        "ppo",
+        PPOSection,
+        "ppo:run_ppo",
+        reads=FROM_SFT_AND_RM,
         curves=("reward/mean", "eval/reward_mean", "kl", "policy_loss", "value_loss", "entropy"),
-        entry="llmtrain.train.align.ppo:run_ppo",
     ),
-    Stage(
-        name="grpo",
-        section=GRPOSection,
-        command=("align", "--method", "grpo"),
-        reads={"model": "sft", "reward_model": "rm"},
-        curves=("reward", "reward_std", "reward_group_zero_std_share", "kl", "loss", "entropy"),
-        entry="llmtrain.train.align.grpo:run_grpo",
+    method("grpo", GRPOSection, "grpo:run_grpo", reads=FROM_SFT_AND_RM, curves=GROUP_CURVES),
+    method(
+        "gspo",
+        GSPOSection,
+        "grpo:run_gspo",
+        reads=FROM_SFT_AND_RM,
+        curves=(*GROUP_CURVES[:3], "clip_ratio/region_mean", "loss"),
     ),
+    method("rloo", RLOOSection, "grpo:run_rloo", reads=FROM_SFT_AND_RM, curves=GROUP_CURVES),
 )
 METHODS = {stage.name: stage for stage in STAGES}
 
