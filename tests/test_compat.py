@@ -149,6 +149,12 @@ def test_no_other_private_member_of_a_dependency_is_used():
                 if owner == "argparse":  # argparse._SubParsersAction: a type annotation only
                     continue
                 found.append(f"{path.relative_to(REPO)}:{number}: {owner}.{name}")
+        imports = re.findall(r"^\s*from\s+([\w.]+)\s+import\s+(\([^)]*\)|[^\n]*)", text, re.M)
+        for module, names in imports:
+            if module.split(".")[0] in ("llmtrain", "__future__"):
+                continue
+            for name in re.findall(r"\b(_[A-Za-z]\w*)", names):
+                found.append(f"{path.relative_to(REPO)}: from {module} import {name}")
     assert not found, "private members of dependencies outside llmtrain/compat.py:\n" + "\n".join(
         found
     )
