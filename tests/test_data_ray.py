@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 
 from llmtrain.data_pipeline.build import build_data
-from llmtrain.errors import RecipeError
+from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.recipe import load_recipe, validate_recipe
 from tests.data_support import data_recipe, english_documents, write_jsonl
 from tests.ray_support import REPO
 from tests.ray_support import ray_cluster as _session_cluster
 from tests.test_data_build import near_copy
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 ray_cluster = _session_cluster  # the session's two-node cluster (tests/ray_support.py)
 
 
@@ -87,6 +86,8 @@ def ray_settings(cluster, **extra) -> dict:
     return {"executor": "ray", "ray": {"address": cluster.address, **extra}}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_ray_build_is_the_local_build_byte_for_byte(
     local_build,
     tiny_tokenizer_dir,
@@ -117,6 +118,8 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     assert "is complete with these settings; nothing to do" in caplog.text
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
     local_build,
     tiny_tokenizer_dir,
@@ -153,6 +156,8 @@ def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_killed_driver_resumes_without_redoing_finished_steps(
     local_build,
     tiny_tokenizer_dir,
@@ -194,7 +199,7 @@ def test_killed_driver_resumes_without_redoing_finished_steps(
 
 def executor_overrides(address: str) -> list[str]:
     from llmtrain.cli import build_parser
-    from llmtrain.data_pipeline.cli import executor_overrides as overrides_of
+    from llmtrain.data_pipeline.cli import run_overrides as overrides_of
 
     args = build_parser().parse_args(
         ["data", "r.yaml", "--executor", "ray", "--ray-address", address]
@@ -204,7 +209,7 @@ def executor_overrides(address: str) -> list[str]:
 
 def test_executor_flags_become_recipe_keys():
     from llmtrain.cli import build_parser
-    from llmtrain.data_pipeline.cli import executor_overrides as overrides_of
+    from llmtrain.data_pipeline.cli import run_overrides as overrides_of
 
     for command in (["data", "r.yaml"], ["run", "r.yaml"]):
         args = build_parser().parse_args([*command, "--executor", "ray", "--ray-address", "none"])
@@ -233,4 +238,23 @@ def test_ray_executor_without_ray_names_the_extra(
     assert str(error.value) == (
         "data.executor is 'ray' but Ray is not installed; install it with "
         "`pip install llmtrain[ray]`, or set data.executor: local (or --executor local)"
+    )
+
+
+@pytest.mark.multiprocess
+def test_a_node_that_cannot_see_the_build_names_itself_and_the_path(ray_cluster, tmp_path):
+    import ray
+
+    from llmtrain.data_pipeline.config import RaySection
+    from llmtrain.data_pipeline.ray_executor import RayExecutor, _check_visible
+
+    cluster, _ = ray_cluster
+    with RayExecutor(RaySection(address=cluster.address), 1) as executor:
+        ref = ray.remote(_check_visible).remote(tmp_path, tmp_path / "web.jsonl")
+        with pytest.raises(InputDataError) as error:
+            executor._get(ref)
+    assert str(error.value) == (
+        f"Ray node 127.0.0.1 cannot see {tmp_path / 'build.json'}; the build directory and "
+        "the inputs must be on a filesystem every node mounts at the same path (NFS, Lustre, "
+        "...)"
     )
