@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmtrain.chat import CHATML
+from llmtrain.chat import CHATML, end_of_turn_token_id
 
 GO_CHATML = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
@@ -20,14 +20,12 @@ GO_CHATML = (
 def write_modelfile(model_dir: str | Path, gguf_path: str | Path) -> Path:
     from transformers import AutoTokenizer
 
-    from .vocab import end_of_turn_id
-
     model_dir, gguf_path = Path(model_dir), Path(gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     lines = [f"FROM ./{gguf_path.name}"]
     if tokenizer.chat_template == CHATML:
         lines.append(f'TEMPLATE """{GO_CHATML}"""')
-    stops = [end_of_turn_id(model_dir, tokenizer), tokenizer.eos_token_id]
+    stops = [end_of_turn_token_id(tokenizer), tokenizer.eos_token_id]
     for token_id in dict.fromkeys(i for i in stops if i is not None):
         lines.append(f'PARAMETER stop "{tokenizer.convert_ids_to_tokens(token_id)}"')
     path = gguf_path.parent / "Modelfile"

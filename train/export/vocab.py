@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtrain.chat import end_of_turn_token_id
 from llmtrain.errors import StageInputError
 from llmtrain.tokenizer.config import split_pattern
 
@@ -139,25 +140,9 @@ def gguf_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
         merges=merges,
         bos_id=bos,
         eos_id=eos,
-        eot_id=end_of_turn_id(model_dir, tokenizer),
+        eot_id=end_of_turn_token_id(tokenizer),
         pad_id=tokenizer.pad_token_id,
         add_bos=bos is not None and probe[:1] == [bos],
         add_eos=eos is not None and probe[-1:] == [eos],
         chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
     )
-
-
-def end_of_turn_id(model_dir: Path, tokenizer: Any) -> int | None:
-    """The chat end-of-turn token: an eos id of generation_config.json other than the
-    tokenizer's eos (as alignment writes it), else <|im_end|> when the chat template uses it."""
-    path = model_dir / "generation_config.json"
-    if path.is_file():
-        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else eos
-        others = [i for i in eos if i != tokenizer.eos_token_id]
-        if others:
-            return others[0]
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    if "<|im_end|>" in template and "<|im_end|>" in tokenizer.get_vocab():
-        return tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return None
