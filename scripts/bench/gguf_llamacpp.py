@@ -151,6 +151,7 @@ def train_model(workdir: Path, tokenizer_dir: Path, problems: list, steps: int):
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from llmtrain.chat import end_of_turn_token_id
     from llmtrain.data_pipeline.arithmetic import sft_record
     from llmtrain.rundir import RunDir
 
@@ -195,7 +196,7 @@ def train_model(workdir: Path, tokenizer_dir: Path, problems: list, steps: int):
             print(f"  step {step}: loss {loss.item():.3f}", flush=True)
     print(f"trained {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{steps} steps in {time.perf_counter() - start:.0f} s")  # fmt: skip
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end_of_turn = end_of_turn_token_id(tokenizer)
 
     def writer(tmp: Path) -> None:
         model.generation_config = GenerationConfig(
