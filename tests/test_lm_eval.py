@@ -37,7 +37,8 @@ def write_tasks(folder):
     texts = [
         {"text": "def add(a, b):\n    return a + b\n"},
         {"text": "What is 2 + 3? 2 + 3 = 5. The answer is 5."},
-        {"text": "Lists are mutable sequences, typically used to store collections."},
+        # longer than max_length (64 tokens): lm-eval scores it in rolling windows
+        {"text": "Lists are mutable sequences, typically used to store collections. " * 6},
     ]
     for name, rows in [("gen", gen), ("mc", MC_ROWS), ("ppl", texts)]:
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -87,7 +88,7 @@ def write_tasks(folder):
     return folder
 
 
-def lm_eval_recipe(write_recipe, model_dir, tasks_dir, extra=""):
+def lm_eval_recipe(write_recipe, model_dir, tasks_dir):
     return load_recipe(
         write_recipe(
             f"""
@@ -98,8 +99,8 @@ def lm_eval_recipe(write_recipe, model_dir, tasks_dir, extra=""):
               batch_size: 4
               lm_eval:
                 tasks: [tiny_gen, tiny_mc, tiny_ppl]
+                max_length: 64
                 include_path: [{tasks_dir}]
-            {extra}
             """
         )
     )
@@ -116,7 +117,7 @@ def lm_eval_command(model_dir, tasks_dir, out_dir, *extra):
             "--model",
             "hf",
             "--model_args",
-            f"pretrained={model_dir}",
+            f"pretrained={model_dir},max_length=64",
             "--device",
             "cpu",
             "--batch_size",
@@ -151,6 +152,7 @@ def test_llmtrain_eval_equals_the_lm_eval_command(rl_policy, tmp_path, write_rec
 
     assert ours["lm_eval"]["apply_chat_template"] is True
     assert ours["lm_eval"]["version"] == lm_eval.__version__
+    assert ours["lm_eval"]["max_length"] == 64
     expected = {
         "tiny_gen": ["exact_match,number"],
         "tiny_mc": ["acc", "acc_norm", "acc_bytes"],

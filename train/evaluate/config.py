@@ -41,6 +41,10 @@ class LmEvalSection(Section):
     post-training stage (sft, dpo, ppo, grpo, or a directory `.../<that stage>/final`)."""
     batch_size: int | None = Field(None, gt=0)
     """Default: eval.batch_size."""
+    max_length: int | None = Field(None, gt=0)
+    """Tokens of context at most (longer inputs are cut, rolling log-likelihoods use windows
+    of it); default: the model's max_position_embeddings, lm-eval's own default. A model
+    pretrained on shorter sequences than its positions scores better at its pretrain.seq_len."""
     include_path: list[InputPath] = []
     """Folders of your own task YAMLs (lm-eval's task format; local data with
     `dataset_path: json` and `dataset_kwargs: {data_files: ...}`)."""

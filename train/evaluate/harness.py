@@ -53,7 +53,11 @@ def run_lm_eval(
     chat = chat_model if section.apply_chat_template is None else section.apply_chat_template
     size = section.batch_size or batch_size
     backend = _backend(section.backend)
-    lm = _vllm(model, model_dir, size) if backend == "vllm" else _hf(model, tokenizer, size)
+    length = section.max_length
+    if backend == "vllm":
+        lm = _vllm(model, model_dir, size, length)
+    else:
+        lm = _hf(model, tokenizer, size, length)
     manager = task_manager(tuple(str(p) for p in section.include_path), tuple(section.tasks))
     tasks = [item for name in section.tasks for item in _load_task(manager, name)]
     out = lm_eval.simple_evaluate(
@@ -74,6 +78,7 @@ def run_lm_eval(
             "num_fewshot": section.num_fewshot,
             "limit": section.limit,
             "batch_size": size,
+            "max_length": lm.max_length,
             "tasks": _task_info(out),
         },
         "samples": out.get("samples", {}),
@@ -94,16 +99,16 @@ def _backend(wanted: str) -> str:
     return "vllm" if usable else "hf"
 
 
-def _hf(model: Any, tokenizer: Any, batch_size: int) -> Any:
+def _hf(model: Any, tokenizer: Any, batch_size: int, max_length: int | None) -> Any:
     import torch
     from lm_eval.models.huggingface import HFLM
 
     if torch.cuda.is_available() and model.device.type == "cpu":
         model.to("cuda")
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
 
 
-def _vllm(model: Any, model_dir: Path, batch_size: int) -> Any:
+def _vllm(model: Any, model_dir: Path, batch_size: int, max_length: int | None) -> Any:
     """lm-eval's vLLM backend on the model directory (not tested here: no GPU in CI)."""
     import torch
     from lm_eval.models.vllm_causallms import VLLM
@@ -111,7 +116,7 @@ def _vllm(model: Any, model_dir: Path, batch_size: int) -> Any:
     # vLLM loads its own copy; the transformers one leaves the GPU to it.
     model.to("cpu")
     torch.cuda.empty_cache()
-    return VLLM(pretrained=str(model_dir), batch_size=batch_size)
+    return VLLM(pretrained=str(model_dir), batch_size=batch_size, max_length=max_length)
 
 
 @functools.lru_cache(maxsize=4)
