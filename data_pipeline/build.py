@@ -729,7 +729,7 @@ def build_data(recipe: Any, *, overwrite: bool = False) -> Path:
     )
     tokenizer, info = load_tokenizer(tokenizer_dir)
     settings = _settings(recipe, section, info)
-    with locked(out / ".lock", out, "`llmtrain data`"):
+    with locked(out, "`llmtrain data`"):
         if prepare_directory(out, settings, overwrite):
             log.info("%s is complete with these settings; nothing to do", out)
             return out

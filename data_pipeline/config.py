@@ -17,7 +17,6 @@ the source sets differ. Light module (no numpy, torch): the recipe imports it fo
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Literal
 
@@ -180,8 +179,6 @@ class DataSource(Section):
             raise ValueError(
                 f"weight must be positive, got {value}; remove the source to leave it out"
             )
-        if math.isinf(value):
-            raise ValueError("weight must be a finite number, got inf")
         return value
 
 
@@ -248,7 +245,8 @@ class RaySection(Section):
     a running cluster's head, or null: start a Ray on this machine for this build only."""
     partitions: int | None = Field(default=None, ge=1)
     """Reducer tasks of the dedup shuffle (each holds 1/partitions of the digests and band
-    keys); default: twice the cluster's CPUs. Changes memory per task, never the output."""
+    keys); default: twice the cluster's CPUs, at most 512. Changes memory per task, never the
+    output."""
     num_cpus: int | None = Field(default=None, ge=1)
     """CPUs of the Ray started for this build (address null); default: data.num_proc or every
     core this process may use."""

@@ -33,9 +33,6 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints_dir = self.path / "checkpoints"
         self.final_dir = self.path / "final"
-        self.lock_path = self.path.parent / f".{self.path.name}.lock"
-        """Held by the main process from `start()` to its end (beside the directory, which
-        --overwrite deletes)."""
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints_dir / f"step-{step}"
@@ -80,7 +77,7 @@ class RunDir:
         if overwrite and resume:
             raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
         if is_main:
-            hold_lock(self.lock_path, self.path, "training run")
+            hold_lock(self.path, "training run")
         if overwrite and is_main and self.path.exists():
             shutil.rmtree(self.path)
         checkpoint = None

@@ -99,7 +99,7 @@ def test_unreadable_file(tmp_path, tiny_tokenizer_dir):
         ),
         (
             {"weight": float("inf")},
-            "data.sources[0].weight: weight must be a finite number, got inf",
+            "data.sources[0].weight: expected a finite number, got inf",
         ),
         (
             {"max_epochs": 0},
