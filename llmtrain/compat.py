@@ -104,6 +104,38 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
         "(seed, epoch) and a resumed run replays the same prompts",
     ),
     PrivateMember(
+        "trl",
+        "trl.RLOOTrainer",
+        "_generate_single_turn",
+        "override",
+        ("prompt_ids", "images", "multimodal_fields"),
+        "train/align/grpo.py (rloo): as for GRPOTrainer, times generation and counts its tokens",
+    ),
+    PrivateMember(
+        "trl",
+        "trl.RLOOTrainer",
+        "_calculate_rewards",
+        "override",
+        ("inputs", "prompts", "completions", "completion_ids_list"),
+        "train/align/grpo.py (rloo): times reward scoring (time/scoring)",
+    ),
+    PrivateMember(
+        "trl",
+        "trl.RLOOTrainer",
+        "_get_train_sampler",
+        "override",
+        ("dataset",),
+        "train/align/grpo.py (rloo): the same RepeatSampler fix as for GRPOTrainer",
+    ),
+    PrivateMember(
+        "trl",
+        "trl.RLOOTrainer",
+        "_metrics",
+        "attribute",
+        None,
+        "trainer_metrics() (rloo): our step times join the metrics TRL logs and averages",
+    ),
+    PrivateMember(
         "transformers",
         "transformers.Trainer",
         "_save_checkpoint",
@@ -200,6 +232,32 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
         optional=True,
     ),
 )
+
+
+ONLINE_DPO_PARAMETERS = (
+    "model",
+    "ref_model",
+    "reward_funcs",
+    "args",
+    "train_dataset",
+    "processing_class",
+    "peft_config",
+    "callbacks",
+)
+"""The OnlineDPOTrainer parameters train/align/online_dpo.py passes (checked by
+tests/test_compat.py)."""
+
+
+def online_dpo_classes() -> tuple[type, type]:
+    """(OnlineDPOConfig, OnlineDPOTrainer) from `trl.experimental.online_dpo`: TRL 1.16 has
+    online DPO only there ("may change or be removed without notice"), so it is reached only
+    through here; TRL's warning about importing experimental code is silenced (we pin it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    return OnlineDPOConfig, OnlineDPOTrainer
 
 
 def trainer_metrics(trainer: Any, mode: str) -> dict[str, list[float]]:

@@ -154,7 +154,7 @@ def assert_resume_repeats(run: Any, recipe: Any, method: str, cut: int, tmp_path
     run(load_recipe(recipe.source, [f"output_dir={copy}"]), run_args(resume=True))
 
     # timings differ; TRL's running num_tokens count restarts from 0 on resume (not restored)
-    timing = ("time", "runtime", "per_second", "train_", "num_tokens")
+    timing = ("time", "runtime", "per_second", "tokens_per_s", "train_", "num_tokens")
 
     def after_cut(path: Path) -> list[dict]:
         return [

@@ -94,7 +94,8 @@ def copy_policy(source: Path, target: Path) -> Path:
 
 
 def rl_recipe(folder: Path, method: str, policy: Path, **overrides) -> Path:
-    """A ppo or grpo recipe on the small-sums task (RL prompts and held-out prompts)."""
+    """A ppo, grpo (gspo, rloo) or online_dpo recipe on the small-sums task (RL prompts and
+    held-out prompts)."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,16 @@ def rl_recipe(folder: Path, method: str, policy: Path, **overrides) -> Path:
             max_steps=8,
             eval_every=4,
             save_every=4,
+        )
+    elif method == "online_dpo":
+        section.update(
+            global_batch_size=16,
+            micro_batch_size=8,
+            lr=5.0e-4,
+            beta=0.1,
+            max_steps=8,
+            save_every=4,
+            validation_data=[],
         )
     else:
         section.update(

@@ -68,6 +68,7 @@ def _our_trainer_classes() -> list[type]:
     from llmtrain.train.align.dpo import dpo_trainer_class
     from llmtrain.train.align.grpo import grpo_trainer_class
     from llmtrain.train.align.kto import kto_trainer_class
+    from llmtrain.train.align.online_dpo import online_dpo_trainer_class
     from llmtrain.train.align.ref_free import reference_free_trainer_class
     from llmtrain.train.align.rm import reward_trainer_class
     from llmtrain.train.align.sft import sft_trainer_class
@@ -79,6 +80,8 @@ def _our_trainer_classes() -> list[type]:
         sft_trainer_class(),
         kto_trainer_class(),
         reference_free_trainer_class(),
+        grpo_trainer_class(rloo=True),
+        online_dpo_trainer_class(),
     ]
 
 
@@ -218,3 +221,15 @@ def test_the_cli_checks_versions_before_any_command(monkeypatch, capsys):
         cli.main(["run", "/nonexistent/recipe.yaml"])
     assert exit_info.value.code == 2
     assert calls == ["checked"]
+
+
+def test_the_experimental_online_dpo_trainer_takes_what_we_pass():
+    from llmtrain.compat import ONLINE_DPO_PARAMETERS, online_dpo_classes
+
+    config_class, trainer_class = online_dpo_classes()
+    assert config_class.__name__ == "OnlineDPOConfig"
+    missing = set(ONLINE_DPO_PARAMETERS) - set(_parameters(trainer_class.__init__))
+    assert not missing, (
+        f"trl.experimental.online_dpo.OnlineDPOTrainer lost {sorted(missing)} in trl "
+        f"{metadata.version('trl')}; see llmtrain/compat.py online_dpo_classes"
+    )

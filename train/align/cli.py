@@ -25,7 +25,13 @@ from llmtrain.train.align.config import (
     SFTSection,
     SimPOSection,
 )
-from llmtrain.train.align.rl_config import GRPOSection, GSPOSection, PPOSection, RLOOSection
+from llmtrain.train.align.rl_config import (
+    GRPOSection,
+    GSPOSection,
+    OnlineDPOSection,
+    PPOSection,
+    RLOOSection,
+)
 
 FROM_SFT = {"model": "sft"}
 FROM_SFT_AND_RM = {"model": "sft", "reward_model": "rm"}
@@ -95,6 +101,13 @@ STAGES = (
         curves=(*GROUP_CURVES[:3], "clip_ratio/region_mean", "loss"),
     ),
     method("rloo", RLOOSection, "grpo:run_rloo", reads=FROM_SFT_AND_RM, curves=GROUP_CURVES),
+    method(
+        "online_dpo",
+        OnlineDPOSection,
+        "online_dpo:run_online_dpo",
+        reads=FROM_SFT_AND_RM,
+        curves=("objective/scores", "objective/scores_margin", "rewards/margins", "objective/kl"),
+    ),
 )
 METHODS = {stage.name: stage for stage in STAGES}
 

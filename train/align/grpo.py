@@ -91,10 +91,12 @@ def group_stats(rewards: list[float], group_size: int) -> tuple[float, float]:
     return sum(spreads) / len(spreads), zero / len(groups)
 
 
-def grpo_trainer_class() -> type:
+def grpo_trainer_class(rloo: bool = False) -> type:
+    """Our subclass of TRL's GRPOTrainer, or with `rloo` of its RLOOTrainer (same design: the
+    hooks below have the same names and meaning in both)."""
     import torch
     from transformers import TrainerCallback
-    from trl import GRPOTrainer
+    from trl import GRPOTrainer, RLOOTrainer
 
     from llmtrain.train.align.ppo_core import Stopwatch
 
@@ -148,8 +150,9 @@ def grpo_trainer_class() -> type:
                 self.inner.generator = torch.Generator().manual_seed(seed + 1000003 * epoch)
             return iter(self.inner)
 
-    class LLMTrainGRPOTrainer(RunDirCheckpoints, GRPOTrainer):
-        """TRL's GRPOTrainer with checkpoints in our run directory and step times."""
+    class LLMTrainGRPOTrainer(RunDirCheckpoints, RLOOTrainer if rloo else GRPOTrainer):
+        """TRL's GRPOTrainer (RLOOTrainer) with checkpoints in our run directory and step
+        times."""
 
         def __init__(self, *args: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
@@ -158,11 +161,13 @@ def grpo_trainer_class() -> type:
 
         def _generate_single_turn(self, prompt_ids, *args, **kwargs):
             clock = Stopwatch(self.accelerator.device)
-            completion_ids, *rest = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            # GRPOTrainer returns (completion_ids, logprobs), RLOOTrainer completion_ids alone
+            result = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            completion_ids = result if rloo else result[0]
             if self.model.training:
                 self._phases["generation"] += clock.lap()
                 self._phases["tokens"] += sum(len(ids) for ids in completion_ids)
-            return (completion_ids, *rest)
+            return result
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             return EpochSeededSampler(super()._get_train_sampler(dataset), self)
@@ -177,7 +182,7 @@ def grpo_trainer_class() -> type:
     return LLMTrainGRPOTrainer
 
 
-def check_vllm(section: Any) -> None:
+def check_vllm(section: Any, method: str) -> None:
     """use_vllm needs the vllm package and a CUDA GPU: say so before anything loads."""
     import torch
 
@@ -190,8 +195,8 @@ def check_vllm(section: Any) -> None:
         missing.append("the vllm package (pip install vllm, a version TRL supports)")
     if missing:
         raise RecipeError(
-            f"grpo.use_vllm: generating with vLLM needs {' and '.join(missing)}; install it on a "
-            "GPU machine or set grpo.use_vllm: false to generate with transformers"
+            f"{method}.use_vllm: generating with vLLM needs {' and '.join(missing)}; install it "
+            f"on a GPU machine or set {method}.use_vllm: false to generate with transformers"
         )
 
 
@@ -202,33 +207,34 @@ def eval_batch_size(micro_batch_size: int, num_generations: int, world_size: int
     return -(-micro_batch_size // unit) * unit
 
 
-def run_grpo(recipe: Any, args: Any) -> Any:
-    """Train, write <output_dir>/grpo/ and return the trainer."""
+def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
+    """Train, write <output_dir>/<method>/ and return the trainer. `method`: grpo, gspo (GRPO
+    with its own section's defaults) or rloo (TRL's RLOOTrainer, which shares GRPO's design)."""
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig
+    from trl import GRPOConfig, RLOOConfig
 
-    section = recipe.section("grpo")
-    run = AlignRun(recipe, "grpo", section)
+    section = recipe.section(method)
+    run = AlignRun(recipe, method, section)
     model_dir = run.input_model_dir()
     tokenizer = run.load_tokenizer(model_dir)
-    check_vllm(section)
+    check_vllm(section, method)
     from llmtrain.train.engine import compute_dtype
 
     rewards = build_rewards(
         section.rewards,
-        default_reward_model=recipe.input_dir("grpo", "reward_model") / "final",
-        method="grpo",
+        default_reward_model=recipe.input_dir(method, "reward_model") / "final",
+        method=method,
         search_path=reward_search_path(recipe),
         device=pick_device(run.env.local_rank),
         dtype=compute_dtype(section.precision),
         trust_remote_code=section.trust_remote_code,
     )
-    data = load_examples(section, "prompt", method="grpo", seed=run.seed)
+    data = load_examples(section, "prompt", method=method, seed=run.seed)
     template = rl_chat_template(
         tokenizer,
         section.chat_template,
         data.train + data.validation,
-        method="grpo",
+        method=method,
         tokenizer_dir=section.tokenizer or model_dir,
     )
     counts: dict[str, int] = {}
@@ -238,9 +244,9 @@ def run_grpo(recipe: Any, args: Any) -> Any:
     prompts_per_step = section.global_batch_size // section.num_generations
     if len(train) < prompts_per_step:
         raise InputDataError(
-            f"grpo: {len(train)} usable training prompts, fewer than one step's "
+            f"{method}: {len(train)} usable training prompts, fewer than one step's "
             f"{prompts_per_step} (global_batch_size {section.global_batch_size} / num_generations "
-            f"{section.num_generations}); add prompts or lower grpo.global_batch_size"
+            f"{section.num_generations}); add prompts or lower {method}.global_batch_size"
         )
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **run.model_kwargs())
     run.check_vocab(model, tokenizer, model_dir)
@@ -250,20 +256,32 @@ def run_grpo(recipe: Any, args: Any) -> Any:
 
     run.start(resume=args.resume, overwrite=args.overwrite)
     run.log_data({**data.metrics(), **{f"data/{k}": v for k, v in counts.items()}})
+    if method == "rloo":
+        config_class = RLOOConfig
+        method_args = dict(
+            normalize_advantages=section.normalize_advantages,
+            reward_clip_range=section.reward_clip_range,
+        )
+    else:
+        config_class = GRPOConfig
+        method_args = dict(
+            loss_type=section.loss_type,
+            scale_rewards=section.scale_rewards,
+            importance_sampling_level=section.importance_sampling_level,
+        )
     config = run.training_args(
-        GRPOConfig,
+        config_class,
         has_validation=bool(validation),
+        **method_args,
         num_generations=section.num_generations,
         max_completion_length=section.max_new_tokens,
         temperature=section.temperature,
         top_p=section.top_p,
         top_k=section.top_k,
         beta=section.beta,
-        loss_type=section.loss_type,
         epsilon=section.epsilon,
         epsilon_high=section.epsilon_high,
         num_iterations=section.num_iterations,
-        scale_rewards=section.scale_rewards,
         mask_truncated_completions=section.mask_truncated_completions,
         use_vllm=section.use_vllm,
         vllm_mode=section.vllm_mode,
@@ -287,7 +305,7 @@ def run_grpo(recipe: Any, args: Any) -> Any:
         deepspeed.init_distributed(dist_backend=config.distributed_state.backend or "gloo")
     rows = [{"prompt": p.prompt, **p.fields} for p in train]
     val_rows = [{"prompt": p.prompt, **p.fields} for p in validation]
-    trainer = grpo_trainer_class()(
+    trainer = grpo_trainer_class(rloo=method == "rloo")(
         run_dir=run.run_dir,
         keep_last=section.keep_last,
         model=model,
@@ -310,3 +328,11 @@ def run_grpo(recipe: Any, args: Any) -> Any:
         ),
     )
     return trainer
+
+
+def run_gspo(recipe: Any, args: Any) -> Any:
+    return run_grpo(recipe, args, method="gspo")
+
+
+def run_rloo(recipe: Any, args: Any) -> Any:
+    return run_grpo(recipe, args, method="rloo")

@@ -1,4 +1,5 @@
-"""Recipe sections of the reinforcement-learning methods: `ppo:` (ours) and `grpo:` (TRL).
+"""Recipe sections of the reinforcement-learning methods: `ppo:` (ours); `grpo:`, `gspo:`,
+`rloo:` and `online_dpo:` (TRL).
 
     ppo:
       data: [{path: ../runs/corpus/prompts.jsonl}]     # {"prompt": ..., "answer": ...}
@@ -12,7 +13,7 @@
       rewards: [{type: answer_match}]
       num_generations: 8
 
-Both extend the common alignment section (model, data, batch sizes, optimizer, precision,
+All extend the common alignment section (model, data, batch sizes, optimizer, precision,
 DeepSpeed, intervals). Light module: no torch here.
 """
 
@@ -171,25 +172,22 @@ class PPOSection(RLSection):
         return self
 
 
-class GRPOSection(RLSection):
-    """GRPO on TRL's GRPOTrainer: a group of completions per prompt, advantages relative to the
-    group, no value model. `global_batch_size` counts completions (a multiple of
-    num_generations)."""
+class GroupSection(RLSection):
+    """What GRPO, GSPO and RLOO share: a group of completions per prompt whose rewards are
+    compared with each other (no value model), a clipped importance ratio, a KL term to the
+    reference, generation with transformers or vLLM. `global_batch_size` counts completions
+    (a multiple of num_generations)."""
 
     num_generations: int = Field(default=8, ge=2)
     """Completions sampled per prompt (the group)."""
     beta: float = Field(default=0.04, ge=0)
     """KL coefficient to the reference model (0: no reference model is loaded)."""
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = "dapo"
-    """How token losses are aggregated (TRL's loss types; dapo removes the length bias)."""
     epsilon: float = Field(default=0.2, gt=0)
     """Lower clip of the importance ratio."""
     epsilon_high: float | None = Field(default=None, gt=0)
     """Upper clip (DAPO's clip-higher); default: epsilon."""
     num_iterations: int = Field(default=1, gt=0)
     """Updates per generated batch (mu)."""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    """Divide advantages by the reward std of the group, of the batch, or not (Dr. GRPO)."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_new_tokens out of the loss."""
     lr: float = Field(default=1e-6, gt=0)
@@ -204,10 +202,83 @@ class GRPOSection(RLSection):
     """server: base URL of the `trl vllm-serve` server; default http://localhost:8000."""
 
     @model_validator(mode="after")
-    def _batch_is_whole_groups(self) -> GRPOSection:
+    def _batch_is_whole_groups(self) -> GroupSection:
         if self.global_batch_size % self.num_generations:
             raise ValueError(
                 f"global_batch_size {self.global_batch_size} (completions per step) is not a "
                 f"multiple of num_generations {self.num_generations}"
+            )
+        return self
+
+
+class GRPOSection(GroupSection):
+    """GRPO on TRL's GRPOTrainer: advantages relative to the group's mean reward."""
+
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = "dapo"
+    """How token losses are aggregated (TRL's loss types; dapo removes the length bias)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the reward std of the group, of the batch, or not (Dr. GRPO)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """The importance ratio (and its clip) per token, or per sequence (the geometric mean of
+    the token ratios: GSPO)."""
+
+
+class GSPOSection(GRPOSection):
+    """GSPO (Zheng et al. 2025): GRPO with one importance ratio per sequence, clipped in a much
+    narrower range. On-policy (one update per generated batch) the ratio is 1 and GSPO's update
+    equals GRPO's with loss_type grpo; the sequence ratio acts from the second update on a batch
+    (num_iterations > 1)."""
+
+    importance_sampling_level: Literal["token", "sequence"] = "sequence"
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = "grpo"
+    """As in the paper: each sequence's token losses averaged, then the sequences'."""
+    epsilon: float = Field(default=3e-4, gt=0)
+    """Lower clip of the sequence ratio (the paper's 3e-4)."""
+    epsilon_high: float | None = Field(default=4e-4, gt=0)
+    """Upper clip of the sequence ratio (the paper's 4e-4)."""
+    beta: float = Field(default=0.0, ge=0)
+    """KL coefficient to the reference model (the paper uses none: no reference is loaded)."""
+    num_iterations: int = Field(default=2, gt=0)
+    """Updates per generated batch: from the second on, the sequence ratio and its clip act."""
+
+
+class RLOOSection(GroupSection):
+    """RLOO (Ahmadian et al. 2024) on TRL's RLOOTrainer: each completion's advantage is its
+    reward minus the mean reward of the other completions of its prompt; the KL penalty to the
+    reference is subtracted from the reward (not added to the loss)."""
+
+    num_generations: int = Field(default=4, ge=2)
+    """Completions sampled per prompt (k in the paper: 2 or 4)."""
+    beta: float = Field(default=0.05, ge=0)
+    """KL coefficient in the reward (0: no reference model is loaded)."""
+    normalize_advantages: bool = False
+    """Standardise the advantages over the generated batch (mean 0, std 1)."""
+    reward_clip_range: tuple[float, float] | None = None
+    """Clip the summed reward to [min, max] before the advantages; null: no clipping."""
+
+
+class OnlineDPOSection(RLSection):
+    """Online DPO (Guo et al. 2024) on TRL's experimental OnlineDPOTrainer: two completions
+    sampled per prompt from the current policy, ranked by the rewards, and a DPO loss on the
+    pair against a frozen reference. `global_batch_size` counts prompts (pairs)."""
+
+    beta: float = Field(default=0.1, gt=0)
+    """Strength of the pull towards the reference."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """DPO's loss on each pair (ipo: beta is the regulariser tau)."""
+    missing_eos_penalty: float | None = Field(default=None, ge=0)
+    """Subtract this from the reward of a completion that ends without an end token."""
+    lr: float = Field(default=5e-7, gt=0)
+    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    """Must stay 0: TRL's OnlineDPOTrainer does not evaluate held-out prompts during training
+    (evaluate final/ with `llmtrain eval`)."""
+
+    @model_validator(mode="after")
+    def _no_validation(self) -> OnlineDPOSection:
+        if self.validation_data or self.validation_split:
+            raise ValueError(
+                "validation_data / validation_split: online_dpo does not evaluate during "
+                "training (TRL's OnlineDPOTrainer has no held-out evaluation); remove them and "
+                "evaluate final/ with `llmtrain eval`"
             )
         return self
