@@ -1,8 +1,8 @@
 """Exact and near dedup on Ray, as a partitioned shuffle (the same result as `dedup.deduplicate`).
 
-    exact:  map (one task per scanned file)    its digests, split by digest into P partitions
+    exact:  map (a task per run of files)      their digests, split by digest into P partitions
             reduce (one task per partition)    the ids whose digest appeared at an earlier id
-    near:   map (one task per scanned file)    band keys of its candidates, split by key into P
+    near:   map (a task per run of files)      band keys of their candidates, split by key into P
                                                partitions (a bucket lands whole in one)
             reduce (one task per partition)    per band, each member paired with the earliest
                                                of its bucket; pairs checked on the signatures
@@ -12,8 +12,8 @@
 
 Only duplicate ids and candidate pairs come back to the driver; the driver holds one status
 byte per document (what the tokenize step reads) and nothing else per document. A reducer
-holds 1/P of the digests or band keys (16 + 8 bytes a document, 16 + 8 a band key), so its
-memory falls with P. Map outputs live in Ray's object store; a task lost with its worker or
+holds 1/P of the digests or band keys (16 + 8 bytes a document; 2 + 8 + 8 a band of a
+candidate), so its memory falls with P. Map outputs live in Ray's object store; a task lost with its worker or
 node is run again (Ray retries it, and rebuilds lost map outputs from their lineage).
 """
 
@@ -41,6 +41,9 @@ from .scan import ScanOutput
 
 SIGNATURE_BLOCK = 1 << 15
 """Documents whose signatures a near-dedup map task reads at a time."""
+MAP_TASKS = 1024
+"""Most map tasks per shuffle (each takes a run of scanned files): the driver owns
+map tasks x partitions objects."""
 
 
 def _split(partition: np.ndarray, partitions: int, *columns: np.ndarray) -> list[tuple]:
@@ -58,10 +61,13 @@ def _returns(parts: list[tuple]) -> Any:
     return parts[0] if len(parts) == 1 else parts
 
 
-def exact_map(directory: str, start: int, partitions: int) -> Any:
-    """(digests, ids) of one scanned file, per partition of the digest."""
-    digests = ScanOutput(Path(directory)).array("exact")
-    ids = start + np.arange(digests.size, dtype=np.int64)
+def exact_map(group: list[tuple[str, int]], partitions: int) -> Any:
+    """(digests, ids) of a run of scanned files ((directory, first id) each), per partition
+    of the digest."""
+    digests = np.concatenate([ScanOutput(Path(d)).array("exact") for d, _ in group])
+    ids = np.concatenate(
+        [s + np.arange(ScanOutput(Path(d)).documents, dtype=np.int64) for d, s in group]
+    )
     head = np.frombuffer(digests.tobytes(), dtype="<u8")[0::2]  # digests are uniform
     return _returns(_split(head % np.uint64(partitions), partitions, digests, ids))
 
@@ -75,28 +81,32 @@ def exact_reduce(*parts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def near_map(
-    directory: str, start: int, status: np.ndarray, bands: int, rows: int, partitions: int
+    group: list[tuple[str, int]], status: np.ndarray, bands: int, rows: int, partitions: int
 ) -> Any:
-    """(band, key, id) of every band of every candidate of one scanned file (kept by exact
-    dedup and with words), per partition of the key; ids ascending within each band."""
-    output = ScanOutput(Path(directory))
-    local = np.flatnonzero((status == KEPT) & output.array("shingled").astype(bool))
+    """(band, key, id) of every band of every candidate (kept by exact dedup, with words) of a
+    run of scanned files ((directory, first id) each; `status` covers them), per partition of
+    the key; ids ascending within each band."""
     band_parts, key_parts, id_parts = [], [], []
-    for lo in range(0, local.size, SIGNATURE_BLOCK):
-        chosen = local[lo : lo + SIGNATURE_BLOCK]
-        block = output.signature_block(int(chosen[0]), int(chosen[-1]) + 1)
-        signatures = block[chosen - chosen[0]]
-        for band in range(bands):
-            band_parts.append(np.full(chosen.size, band, dtype=np.uint16))
-            key_parts.append(band_keys(signatures, band, rows))
-            id_parts.append(start + chosen)
+    first = group[0][1]
+    for directory, start in group:
+        output = ScanOutput(Path(directory))
+        part = status[start - first : start - first + output.documents]
+        local = np.flatnonzero((part == KEPT) & output.array("shingled").astype(bool))
+        for lo in range(0, local.size, SIGNATURE_BLOCK):
+            chosen = local[lo : lo + SIGNATURE_BLOCK]
+            block = output.signature_block(int(chosen[0]), int(chosen[-1]) + 1)
+            signatures = block[chosen - chosen[0]]
+            for band in range(bands):
+                band_parts.append(np.full(chosen.size, band, dtype=np.uint16))
+                key_parts.append(band_keys(signatures, band, rows))
+                id_parts.append(start + chosen)
     if not band_parts:
         empty = (np.zeros(0, np.uint16), np.zeros(0, np.uint64), np.zeros(0, np.int64))
         return _returns([empty] * partitions)
     band = np.concatenate(band_parts)
     key = np.concatenate(key_parts)
     ids = np.concatenate(id_parts)
-    order = np.argsort(band, kind="stable")  # by band, then (blocks in order) ascending ids
+    order = np.argsort(band, kind="stable")  # by band, then (files, blocks in order) by id
     band, key, ids = band[order], key[order], ids[order]
     return _returns(_split(key % np.uint64(partitions), partitions, band, key, ids))
 
@@ -136,12 +146,20 @@ def deduplicate(
     counts = [output.documents for _, output in files]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     status = np.full(int(starts[-1]), KEPT, dtype=np.uint8)
+    # map tasks over runs of files, so that maps x partitions objects stay few
+    groups = [
+        [(directories[f], int(starts[f])) for f in run]
+        for run in np.array_split(np.arange(len(files)), min(len(files), MAP_TASKS))
+    ]
+    spans = [
+        (g[0][1], int(starts[f + 1])) for g, f in zip(groups, _last_files(groups), strict=True)
+    ]
     stats: dict[str, Any] = {}
     options = {"num_returns": partitions, "max_retries": 3}
     if settings.exact.enabled:
         mapper = ray.remote(exact_map).options(**options)
-        maps = [mapper.remote(d, int(s), partitions) for d, s in zip(directories, starts[:-1])]
-        run("dedup exact map", _map_progress(maps, partitions, files), fetch=False)
+        maps = [mapper.remote(g, partitions) for g in groups]
+        run("dedup exact map", _map_progress(maps, partitions, spans), fetch=False)
         reducer = ray.remote(exact_reduce).options(max_retries=3)
         reduces = {
             reducer.remote(*[_part(m, p, partitions) for m in maps]): (0, f"partition {p}")
@@ -156,10 +174,10 @@ def deduplicate(
         near = settings.near
         mapper = ray.remote(near_map).options(**options)
         maps = [
-            mapper.remote(d, int(s), status[s : s + n], near.bands, near.rows, partitions)
-            for d, s, n in zip(directories, starts[:-1], counts)
+            mapper.remote(g, status[lo:hi], near.bands, near.rows, partitions)
+            for g, (lo, hi) in zip(groups, spans, strict=True)
         ]
-        run("dedup near map", _map_progress(maps, partitions, files), fetch=False)
+        run("dedup near map", _map_progress(maps, partitions, spans), fetch=False)
         reducer = ray.remote(near_reduce).options(max_retries=3)
         reduces = {}
         for p in range(partitions):
@@ -176,11 +194,16 @@ def deduplicate(
     return status, stats
 
 
-def _map_progress(maps: list, partitions: int, files: list[tuple[str, ScanOutput]]) -> dict:
+def _last_files(groups: list[list]) -> list[int]:
+    """The index of the last file of each group (groups are consecutive runs of files)."""
+    return list(np.cumsum([len(g) for g in groups]) - 1)
+
+
+def _map_progress(maps: list, partitions: int, spans: list[tuple[int, int]]) -> dict:
     """The map tasks to wait for, as `run` takes them (their first return stands for each)."""
     return {
-        _part(m, 0, partitions): (output.documents, str(output.directory))
-        for m, (_, output) in zip(maps, files, strict=True)
+        _part(m, 0, partitions): (hi - lo, f"documents {lo}-{hi}")
+        for m, (lo, hi) in zip(maps, spans, strict=True)
     }
 
 

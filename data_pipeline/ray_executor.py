@@ -133,7 +133,7 @@ class RayExecutor:
             self.started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         nodes = sum(1 for node in ray.nodes() if node["Alive"])
-        self.partitions = self.settings.partitions or 2 * cpus
+        self.partitions = self.settings.partitions or min(2 * cpus, 512)
         self.workers = f"Ray, {nodes} nodes, {cpus} CPUs"
         log.info("Ray: %d nodes, %d CPUs, %d dedup partitions", nodes, cpus, self.partitions)
         return self

@@ -121,19 +121,18 @@ def test_ray_build_is_the_local_build_byte_for_byte(
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
-    local_build,
-    tiny_tokenizer_dir,
-    ray_cluster,
-    tmp_path,
+    local_build, tiny_tokenizer_dir, ray_cluster, tmp_path, monkeypatch
 ):
     import ray
 
+    from llmtrain.data_pipeline import ray_dedup
+
+    monkeypatch.setattr(ray_dedup, "MAP_TASKS", 2)  # map tasks over runs of files, too
     cluster, _ = ray_cluster
     tmp, local = local_build
     kills = [
         "llmtrain.data_pipeline.scan:process_chunk",
         "llmtrain.data_pipeline.ray_dedup:confirm_pairs",
-        "llmtrain.data_pipeline.tokenize:encode_documents",
     ]
     ray.init(
         address=cluster.address,
