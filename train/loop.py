@@ -27,9 +27,10 @@ from typing import Any, Protocol
 
 import torch
 
-from llmtrain.errors import RunDirError, TrainingError
+from llmtrain.errors import RunDirError
 from llmtrain.train import checkpoint as ckpt
 from llmtrain.train.engine import DeepSpeedEngine, PlainEngine
+from llmtrain.train.nonfinite import NonfiniteSteps, nonfinite_final_error, weights_finite
 from llmtrain.train.stage_run import StageRun
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,9 @@ class TrainingLoop:
         self.is_main = accelerator.is_main_process
         self.rank = accelerator.process_index
         self.world_size = accelerator.num_processes
-        self.nonfinite_streak = 0
-        self.skipped_steps = 0
+        self.nonfinite = NonfiniteSteps(
+            self.stage, section.max_nonfinite_steps, is_main=self.is_main
+        )
         self.last_checkpoint: Path | None = None
         self.last_record: dict[str, Any] = {}
         """The last logged record, with its step."""
@@ -136,13 +138,13 @@ class TrainingLoop:
             window_time += time.perf_counter() - started
             window_steps += 1
             step = method.step  # the step just taken, 1-based
-            self._count_nonfinite(result)
+            self.nonfinite.count(step, result.nonfinite, self.last_checkpoint)
             last = step == total
             record: dict[str, Any] = {}
             if step % section.log_every == 0 or last:
                 record.update(method.step_record(result, window_time, window_steps))
-                if self.skipped_steps:
-                    record["skipped_steps"] = self.skipped_steps
+                if self.nonfinite.skipped:
+                    record["skipped_steps"] = self.nonfinite.skipped
                 window_time, window_steps = 0.0, 0
                 if self.is_main and not interactive:
                     log.info("%s step %d/%d: %s", self.stage, step, total, method.describe(record))
@@ -151,37 +153,12 @@ class TrainingLoop:
             if record:
                 tracker.log(step, record)
                 self.last_record = {"step": step, **record}
-            if self.nonfinite_streak == 0 and (
+            if self.nonfinite.streak == 0 and (
                 (section.save_every and step % section.save_every == 0) or last
             ):
                 self.save_checkpoint()
             progress.update(1)
         progress.close()
-
-    def _count_nonfinite(self, result: StepResult) -> None:
-        """Count a step the method skipped for a non-finite loss or gradient; stop after
-        max_nonfinite_steps in a row."""
-        if result.nonfinite is None:
-            self.nonfinite_streak = 0
-            return
-        self.nonfinite_streak += 1
-        self.skipped_steps += 1
-        step, stage, limit = self.method.step, self.stage, self.section.max_nonfinite_steps
-        if self.is_main:
-            log.warning("step %d: %s; the step was skipped", step, result.nonfinite)
-        if self.nonfinite_streak >= limit:
-            kept = (
-                f"the last good checkpoint {self.last_checkpoint} is intact"
-                if self.last_checkpoint
-                else "no checkpoint had been written yet"
-            )
-            first = step - self.nonfinite_streak + 1
-            raise TrainingError(
-                f"{stage} stopped: {self.nonfinite_streak} steps in a row ({first}-{step}) "
-                f"had a non-finite loss or gradient ({stage}.max_nonfinite_steps is {limit}); "
-                f"{kept}. Lower {stage}.lr, keep grad_clip on or use bf16 rather than fp16, "
-                "then continue with --resume"
-            )
 
     # ------------------------------------------------------------------ across processes
 
@@ -190,16 +167,7 @@ class TrainingLoop:
 
     def weights_finite(self) -> bool:
         """Whether every weight of every process's share is finite (collective)."""
-        bad = 0.0
-        for param in self.method.engine.module.parameters():
-            local = getattr(param, "ds_tensor", param)  # ZeRO-3: this rank's partition
-            if not bool(torch.isfinite(local.detach()).all()):
-                bad = 1.0
-                break
-        flag = torch.tensor([bad], device=self.accelerator.device)
-        if self.world_size > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        return float(flag[0]) == 0.0
+        return weights_finite(self.method.engine.module, self.accelerator)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -214,8 +182,8 @@ class TrainingLoop:
             "world_size": self.world_size,
             "engine": self.method.engine.name,
             "zero_stage": self.zero_stage(),
-            "nonfinite_streak": self.nonfinite_streak,
-            "skipped_steps": self.skipped_steps,
+            "nonfinite_streak": self.nonfinite.streak,
+            "skipped_steps": self.nonfinite.skipped,
             "scheduler": self.method.scheduler.state_dict(),
         }
 
@@ -269,8 +237,8 @@ class TrainingLoop:
         method.load_state_dict(state)
         ckpt.restore_rng(rng)
         method.step = state["step"]
-        self.nonfinite_streak = state.get("nonfinite_streak", 0)
-        self.skipped_steps = state.get("skipped_steps", 0)
+        self.nonfinite.streak = state.get("nonfinite_streak", 0)
+        self.nonfinite.skipped = state.get("skipped_steps", 0)
         self.last_checkpoint = directory
         if self.is_main:
             log.info("%s: resumed from %s (step %d)", self.stage, directory, method.step)
@@ -281,16 +249,7 @@ class TrainingLoop:
         """final/: the trained weights as a Hugging Face directory (every process takes part:
         ZeRO-3 gathers the weights); refused when they hold NaN or infinities."""
         if not self.weights_finite():
-            kept = (
-                f"the last good checkpoint is {self.last_checkpoint}"
-                if self.last_checkpoint
-                else "no checkpoint was written"
-            )
-            raise TrainingError(
-                f"{self.stage}: the trained weights hold NaN or infinite values, so final/ was "
-                f"not written; {kept}. Lower {self.stage}.lr or keep grad_clip on, then train "
-                "again (or continue from the checkpoint with --resume)"
-            )
+            raise nonfinite_final_error(self.stage, self.last_checkpoint)
         state_dict = self.method.engine.full_state_dict()  # collective under ZeRO-3
         if self.is_main:
             self.run_dir.save_final(lambda tmp: self.method.save_final(tmp, state_dict))

@@ -151,6 +151,10 @@ class AlignSection(Section):
     """Checkpoint every N steps and at the end (0: only at the end)."""
     keep_last: int = Field(default=2, ge=0)
     """Checkpoints kept (older ones are deleted; 0 keeps all)."""
+    max_nonfinite_steps: int = Field(default=5, gt=0)
+    """A step with a non-finite loss or gradient is skipped (the weights stay as they were);
+    this many in a row stop the run. Neither a checkpoint nor final/ is written from
+    non-finite weights."""
     seed: int | None = None
     """Seed of data order, held-out split, dropout and new heads; default the recipe's seed."""
 

@@ -43,6 +43,12 @@ from llmtrain.atomic import atomic_path
 from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.rundir import RunDir
 from llmtrain.tracking import Tracker
+from llmtrain.train.nonfinite import (
+    NonfiniteSteps,
+    gradients_nonfinite,
+    nonfinite_final_error,
+    weights_finite,
+)
 from llmtrain.train.stage_run import StageRun, finish_generation_config
 
 log = logging.getLogger(__name__)
@@ -232,7 +238,11 @@ class AlignRun(StageRun):
         )
 
     def callbacks(self) -> list[Any]:
-        return [tracker_callback(self.tracker)]
+        """Our callbacks of every TRL trainer: the non-finite guard, then the tracker."""
+        guard = NonfiniteSteps(
+            self.method, self.section.max_nonfinite_steps, is_main=self.env.is_main
+        )
+        return [nonfinite_callback(guard, self.run_dir), tracker_callback(self.tracker, guard)]
 
     # -- running -------------------------------------------------------------------------------
 
@@ -274,6 +284,8 @@ class AlignRun(StageRun):
 
         staging = self.run_dir.path / ".final-staging"
         is_main = trainer.accelerator.is_main_process
+        if not weights_finite(trainer.model, trainer.accelerator):
+            raise nonfinite_final_error(self.method, self.run_dir.latest_checkpoint())
         if is_main and staging.exists():
             shutil.rmtree(staging)
         trainer.accelerator.wait_for_everyone()
@@ -338,8 +350,29 @@ def qlora_quantization(kind: str, method: str) -> Any:
     )
 
 
-def tracker_callback(tracker: Tracker) -> Any:
-    """A TrainerCallback that sends every Trainer log to `tracker` and logs the last step."""
+def nonfinite_callback(guard: NonfiniteSteps, run_dir: RunDir) -> Any:
+    """A TrainerCallback giving TRL's trainers pretraining's guard: a step whose gradient is
+    not finite (a non-finite loss makes it so) is skipped (its gradients are dropped before the
+    optimizer step, so AdamW leaves every weight and moment as it was); `guard` stops the run
+    after max_nonfinite_steps in a row. (Under DeepSpeed the gradients live in the engine:
+    only the checks of checkpoints and final/ apply.)"""
+    from transformers import TrainerCallback
+
+    class NonfiniteCallback(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            nonfinite = gradients_nonfinite(model)
+            if nonfinite is not None:
+                for param in model.parameters():
+                    param.grad = None
+            guard.count(state.global_step + 1, nonfinite, run_dir.latest_checkpoint())
+            return control
+
+    return NonfiniteCallback()
+
+
+def tracker_callback(tracker: Tracker, guard: NonfiniteSteps | None = None) -> Any:
+    """A TrainerCallback that sends every Trainer log to `tracker` (with `skipped_steps`
+    once `guard` has skipped one) and logs the last step."""
     from transformers import TrainerCallback
 
     class TrackerCallback(TrainerCallback):
@@ -350,10 +383,10 @@ def tracker_callback(tracker: Tracker) -> Any:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and state.is_world_process_zero:
-                tracker.log(
-                    state.global_step,
-                    {key: value for key, value in logs.items() if key not in SKIPPED_LOG_KEYS},
-                )
+                record = {key: value for key, value in logs.items() if key not in SKIPPED_LOG_KEYS}
+                if guard is not None and guard.skipped:
+                    record["skipped_steps"] = guard.skipped
+                tracker.log(state.global_step, record)
             return control
 
     return TrackerCallback()
@@ -375,9 +408,13 @@ class RunDirCheckpoints:
         super().__init__(*args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        step = self.state.global_step  # type: ignore[attr-defined]
+        if not weights_finite(self.model, self.accelerator):  # type: ignore[attr-defined]
+            if self.args.should_save:  # type: ignore[attr-defined]
+                log.warning("step %d: the weights are not finite; no checkpoint written", step)
+            return
         super()._save_checkpoint(model, trial)  # type: ignore[misc]
         self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
-        step = self.state.global_step  # type: ignore[attr-defined]
         if self.args.should_save:  # type: ignore[attr-defined]
             written = Path(self.args.output_dir) / f"checkpoint-{step}"  # type: ignore[attr-defined]
             with atomic_path(self.run_dir.checkpoint_dir(step)) as tmp:
