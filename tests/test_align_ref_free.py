@@ -103,3 +103,72 @@ def test_losses_match_their_papers():
     loss, _ = simpo_loss(mean_c, mean_r, nll, beta=2.0, gamma=1.0, sft_weight=0.5)
     expected = -torch.log(torch.sigmoid(2.0 * (mean_c - mean_r) - 1.0)).mean() + 0.5 * nll
     torch.testing.assert_close(loss, expected)
+
+
+def test_padding_free_gives_the_padded_loss_and_metrics(ref_free_run, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from llmtrain.chat import CHATML
+    from llmtrain.rundir import RunDir
+    from llmtrain.train.align.chat_data import normalize_preference, tokenize_preferences
+    from llmtrain.train.align.ref_free import reference_free_trainer_class
+
+    method, recipe, _ = ref_free_run
+    final = recipe.stage_dir(method) / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    examples = [concise_preference(p) for p in arithmetic_split()[1][:6]]
+    rows, _ = tokenize_preferences(
+        [normalize_preference(e) for e in examples],
+        tokenizer,
+        CHATML,
+        max_length=256,
+        on_too_long="truncate",
+    )
+    # simpo with its supervised term too, which reads the chosen tokens' log-probs
+    loss_args = (
+        {"beta": 0.5} if method == "orpo" else {"beta": 2.0, "gamma": 1.0, "sft_weight": 0.5}
+    )
+    results = []
+    for padding_free in (False, True):
+        args = DPOConfig(
+            output_dir=str(tmp_path / f"out-{padding_free}"), report_to="none", use_cpu=True,
+            bf16=False, per_device_train_batch_size=6, max_length=None,
+            precompute_ref_log_probs=True,
+        )  # fmt: skip
+        trainer = reference_free_trainer_class()(
+            method=method, loss_args=loss_args, run_dir=RunDir(tmp_path / f"run-{padding_free}"),
+            keep_last=1, padding_free=padding_free, model=AutoModelForCausalLM.from_pretrained(final),
+            args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        )  # fmt: skip
+        assert trainer.ref_model is None
+        trainer.model.train()
+        inputs = trainer._prepare_inputs(trainer.data_collator(rows))
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, inputs)
+        results.append((loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}))
+    (padded_loss, padded), (flat_loss, flat) = results
+    torch.testing.assert_close(flat_loss, padded_loss, rtol=1e-5, atol=1e-6)
+    assert padded["rewards/accuracies"] == 1.0  # the trained model prefers the chosen replies
+    for key in ("rewards/margins", "logps/chosen", "logps/rejected", "nll_loss"):
+        assert flat[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-5), key
+
+
+def test_lora_trains_adapters_and_final_is_merged(tiny_causal_lm_dir, tmp_path):
+    from tests.align_support import assert_final_is_merged_adapter
+
+    train, _ = write_concise_preferences(tmp_path)
+    section = {
+        "model": str(tiny_causal_lm_dir), "data": [{"path": str(train)}], "validation_split": 0,
+        "max_steps": 3, "global_batch_size": 8, "micro_batch_size": 8, "lr": 1.0e-2,
+        "eval_every": 0, "save_every": 0, **FAST, "log_every": 1,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "beta": 2.0, "gamma": 1.0,
+    }  # fmt: skip
+    recipe = load_recipe(write_recipe_file(tmp_path, {"simpo": section}))
+    trainer = run_simpo(recipe, run_args())
+    assert trainer.ref_model is None
+    run_dir = recipe.stage_dir("simpo")
+    losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert_final_is_merged_adapter(run_dir, trainer)
