@@ -266,6 +266,43 @@ def test_a_hub_dataset_offline_and_uncached_names_task_and_dataset(
     assert "dataset_path: json" in message
 
 
+def test_unsafe_code_tasks_and_name_clashes_are_refused(tiny_causal_lm_dir, tmp_path, write_recipe):
+    tasks_dir = write_tasks(tmp_path / "tasks")
+    yaml = (tasks_dir / "tiny_gen.yaml").read_text()
+    (tasks_dir / "tiny_code.yaml").write_text(
+        yaml.replace("task: tiny_gen", "task: tiny_code") + "unsafe_code: true\n"
+    )
+    (tmp_path / "mc.jsonl").write_text((tasks_dir / "mc.jsonl").read_text())
+
+    def recipe(lm_eval, tasks="[]"):
+        return load_recipe(
+            write_recipe(
+                f"""
+                name: t
+                output_dir: out
+                eval:
+                  models: [{tiny_causal_lm_dir}]
+                  tasks: {tasks}
+                  lm_eval: {{include_path: [{tasks_dir}], {lm_eval}}}
+                """
+            )
+        )
+
+    with pytest.raises(RecipeError) as info:
+        evaluate_recipe(recipe("tasks: [tiny_code]"))
+    assert str(info.value) == (
+        "eval.lm_eval.tasks: 'tiny_code' runs the code the model writes (tiny_code); set "
+        "eval.lm_eval.confirm_run_unsafe_code: true (and HF_ALLOW_CODE_EVAL=1) to run it"
+    )
+    own = "[{name: tiny_mc, path: mc.jsonl, type: multiple_choice}]"
+    with pytest.raises(RecipeError) as info:
+        evaluate_recipe(recipe("tasks: [tiny_mc], limit: 1", tasks=own))
+    assert str(info.value) == (
+        "eval.tasks: the task name 'tiny_mc' is also an lm-eval task in eval.lm_eval; "
+        "rename the task of eval.tasks"
+    )
+
+
 @pytest.mark.slow
 def test_an_unknown_task_is_named(tiny_causal_lm_dir, tmp_path, write_recipe):
     recipe = load_recipe(

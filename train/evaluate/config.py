@@ -48,6 +48,9 @@ class LmEvalSection(Section):
     include_path: list[InputPath] = []
     """Folders of your own task YAMLs (lm-eval's task format; local data with
     `dataset_path: json` and `dataset_kwargs: {data_files: ...}`)."""
+    confirm_run_unsafe_code: bool = False
+    """Run the code the model writes, for tasks lm-eval marks unsafe (humaneval, mbpp, ...;
+    their metric also needs HF_ALLOW_CODE_EVAL=1)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
     """hf: lm-eval's Hugging Face backend on the model already loaded for eval; vllm: its vLLM
     backend on the model directory; auto: vllm when the vllm package and a CUDA GPU are there."""

@@ -59,7 +59,11 @@ def run_lm_eval(
     else:
         lm = _hf(model, tokenizer, size, length)
     manager = task_manager(tuple(str(p) for p in section.include_path), tuple(section.tasks))
-    tasks = [item for name in section.tasks for item in _load_task(manager, name)]
+    tasks = [
+        item
+        for name in section.tasks
+        for item in _load_task(manager, name, section.confirm_run_unsafe_code)
+    ]
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
@@ -68,6 +72,7 @@ def run_lm_eval(
         apply_chat_template=chat,
         fewshot_as_multiturn=chat,
         task_manager=manager,
+        confirm_run_unsafe_code=section.confirm_run_unsafe_code,
     )
     return {
         "metrics": _metrics(out),
@@ -132,7 +137,7 @@ def task_manager(include_path: tuple[str, ...], names: tuple[str, ...]) -> Any:
     return TaskManager(include_path=list(include_path) or None)
 
 
-def _load_task(manager: Any, name: str) -> list[Any]:
+def _load_task(manager: Any, name: str, unsafe_allowed: bool) -> list[Any]:
     """The task or group `name` (a tag: its tasks), its dataset loaded."""
     try:
         loaded = manager.load([name])
@@ -148,6 +153,12 @@ def _load_task(manager: Any, name: str) -> list[Any]:
             "(it stays in HF_HOME's datasets cache), or give the task local files "
             "(dataset_path: json, dataset_kwargs: {data_files: ...})"
         ) from exc
+    unsafe = [task for task, obj in loaded["tasks"].items() if getattr(obj, "UNSAFE_CODE", False)]
+    if unsafe and not unsafe_allowed:
+        raise RecipeError(
+            f"eval.lm_eval.tasks: {name!r} runs the code the model writes ({', '.join(unsafe)}); "
+            "set eval.lm_eval.confirm_run_unsafe_code: true (and HF_ALLOW_CODE_EVAL=1) to run it"
+        )
     if name in loaded["groups"]:
         return [loaded["groups"][name]]
     return list(loaded["tasks"].values())
