@@ -101,16 +101,17 @@ def llama_tokenize(binary: Path, gguf: Path, text: str, tmp: Path) -> list[int]:
 
 
 def llama_complete(binary: Path, gguf: Path, prompt: str, max_new_tokens: int) -> str:
-    """llama-simple's output (the prompt, then the greedy completion) minus the prompt."""
+    """llama-simple's output (the prompt, then the greedy completion, then a line break of its
+    own) minus the prompt and that line break."""
     result = subprocess.run(
         [str(binary), "-m", str(gguf), "-n", str(max_new_tokens), prompt],
         capture_output=True,
         check=True,
     )
     text = result.stdout.decode("utf-8")
-    if not text.startswith(prompt):
-        raise RuntimeError(f"llama-simple did not echo the prompt: {text[:200]!r}")
-    return text[len(prompt) :]
+    if not text.startswith(prompt) or not text.endswith("\n"):
+        raise RuntimeError(f"unexpected llama-simple output: {text[:200]!r}")
+    return text[len(prompt) : -1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +241,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument(
+        "--retrain", action="store_true", help="train again even if the workdir holds a model"
+    )
     args = parser.parse_args()
 
     import gguf
@@ -255,12 +259,17 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     binaries = llama_cpp_binaries(args.cache)
-    problems = make_problems(3000, seed=0)
+    problems = make_problems(1000, seed=0)  # all 882 with operands up to 20
     train, held_out = split_problems(problems, args.prompts)
     corpus = args.workdir / "corpus.jsonl"
     held_docs, held_source = write_corpus(corpus, train)
-    tokenizer_dir = train_tokenizer(args.workdir, corpus, args.vocab)
-    final = train_model(args.workdir, tokenizer_dir, train, args.steps)
+    final = args.workdir / "sft" / "final"
+    if args.retrain or not final.is_dir():
+        shutil.rmtree(args.workdir / "sft", ignore_errors=True)
+        tokenizer_dir = train_tokenizer(args.workdir, corpus, args.vocab)
+        final = train_model(args.workdir, tokenizer_dir, train, args.steps)
+    else:
+        print(f"reusing {final} (--retrain to train again)")
     tokenizer = AutoTokenizer.from_pretrained(final)
     files = {
         t: export_gguf(final, args.workdir / f"model-{t}.gguf", t) for t in ("f32", "f16", "q8_0")
@@ -276,6 +285,7 @@ def main() -> None:
         "chat prompts": chats[:40],
         "docs paragraphs": [p for d in held_docs for p in d.split("\n\n") if p.strip()][:60],
         "source files": [s[:4000] for s in held_source[:20]],
+        "source lines": [line for s in held_source for line in s.splitlines() if line][:40],
         "edge cases": EDGE_CASES,
     }
     total = same = 0
