@@ -15,6 +15,9 @@ name (the directory's), the data it read and, when present, <output_dir>/eval/<s
     # demo: sft
     ... training stages (pretrain, then sft) with the settings the recipe gave them,
     data with sha256, eval results, intended use (left for the user)
+
+The card is written with final/ (RunDir.save_final) and rewritten by `llmtrain run` after
+each eval, when <output_dir>/eval/<stage>.json holds the stage's results.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ def write_model_card(final_dir: Path, run_dir: Path) -> Path:
     path = Path(final_dir) / "README.md"
     atomic_write_text(path, model_card(Path(final_dir), Path(run_dir)))
     return path
+
+
+def refresh_model_cards(output_dir: Path) -> list[Path]:
+    """Rewrite the card of every <output_dir>/<stage>/final that has one (after eval, so the
+    cards show its results)."""
+    return [
+        write_model_card(card.parent, card.parent.parent)
+        for card in sorted(Path(output_dir).glob("*/final/README.md"))
+    ]
 
 
 def model_card(final_dir: Path, run_dir: Path) -> str:

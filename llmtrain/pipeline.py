@@ -27,6 +27,7 @@ from pathlib import Path
 
 from llmtrain.atomic import atomic_write_json
 from llmtrain.errors import LLMTrainError, RecipeError
+from llmtrain.model_card import refresh_model_cards
 from llmtrain.recipe import Recipe
 from llmtrain.rundir import RunDir
 
@@ -215,6 +216,8 @@ def run_pipeline(
             )
         if evaluate_each and produces == "causal_lm":
             _run(eval_command(recipe_path, overrides, item.stage), f"eval of {item.stage}")
+        if produces == "eval" or (evaluate_each and produces == "causal_lm"):
+            refresh_model_cards(recipe.output_dir)  # the cards show the eval results
     return plans
 
 

@@ -109,3 +109,22 @@ def test_model_card_of_pretraining_names_data_sources_licence_and_eval(tmp_path)
     assert f"| web | `{web}` | 2.0 |" in card
     assert "| pretrain | pretrain | " in card and "preset=llama-tiny" in card
     assert "| data_validation | bits_per_byte | 1.25 |" in card
+
+
+def test_refresh_after_eval_adds_the_results(tmp_path):
+    from llmtrain.model_card import refresh_model_cards
+
+    output = tmp_path / "run"
+    run = RunDir(output / "sft")
+    run.path.mkdir(parents=True)
+    (run.path / "config.yaml").write_text(yaml.safe_dump({"name": "x", "output_dir": str(output)}))
+    final = run.save_final(lambda tmp: (tmp / "config.json").write_text("{}"))
+    assert "No evaluation results yet" in (final / "README.md").read_text()
+    (output / "eval").mkdir()
+    (output / "eval" / "sft.json").write_text(
+        json.dumps({"perplexity": {}, "tasks": {"arithmetic": {"exact_match": 0.88, "n": 100}}})
+    )
+    assert refresh_model_cards(output) == [final / "README.md"]
+    card = (final / "README.md").read_text()
+    assert "| arithmetic | exact_match | 0.88 |" in card and "| arithmetic | n | 100 |" in card
+    assert "No evaluation results yet" not in card
