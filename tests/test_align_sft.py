@@ -698,9 +698,11 @@ def test_tokenizer_that_does_not_match_the_model(tmp_path, tiny_causal_lm_dir):
     )
     with pytest.raises(StageInputError) as err:
         run_sft(recipe, run_args())
+    own = len(AutoTokenizer.from_pretrained(tiny_causal_lm_dir))
     assert str(err.value) == (
-        f"sft: the tokenizer has {len(tokenizer)} tokens but the model in {tiny_causal_lm_dir} "
-        "has 512 embedding rows; they do not belong together: use the tokenizer the model was "
-        "trained with (set sft.tokenizer)"
+        f"sft: sft.tokenizer ({tmp_path / 'big-tokenizer'}) has {len(tokenizer)} tokens but the "
+        f"model in {tiny_causal_lm_dir} was trained with its own tokenizer of {own} tokens; they "
+        "do not belong together: use the model's own tokenizer (remove sft.tokenizer) or a "
+        "model trained with this one"
     )
     assert not recipe.stage_dir("sft").exists()  # nothing written before the inputs are checked

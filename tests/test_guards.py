@@ -12,11 +12,12 @@ import torch
 import trl
 from safetensors.torch import load_file
 
-from llmtrain.errors import TrainingError
+from llmtrain.errors import StageInputError, TrainingError
 from llmtrain.recipe import load_recipe
 from llmtrain.train.align.sft import run_sft
 from llmtrain.train.align.trl_glue import AlignRun
 from tests.align_support import FAST, run_args, write_recipe_file, write_sft_data
+from tests.conftest import build_tiny_tokenizer
 
 
 def _sft_section(tmp_path, model_dir, **extra):
@@ -117,3 +118,111 @@ def test_sft_never_publishes_non_finite_weights(tmp_path, tiny_causal_lm_dir, mo
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-5"]
     assert not (run_dir / "final").exists()
     _strict_records(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18.4: the wrong kind of model, a tokenizer of another size
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tiny_causal_lm_dir, tmp_path_factory):
+    """A reward model's final/: the tiny Llama as a LlamaForSequenceClassification."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("reward-model")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_causal_lm_dir, num_labels=1)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_causal_lm_dir).save_pretrained(out)
+    return out
+
+
+def test_a_reward_model_is_refused_as_the_model_of_sft_and_dpo(tmp_path, reward_model_dir):
+    from llmtrain.train.align.dpo import run_dpo
+    from tests.align_support import write_preference_data
+
+    data = write_sft_data(tmp_path)
+    prefs, _ = write_preference_data(tmp_path)
+    sections = {
+        "sft": {"model": str(reward_model_dir), "data": [{"path": str(data)}], **FAST},
+        "dpo": {"model": str(reward_model_dir), "data": [{"path": str(prefs)}], **FAST},
+    }
+    recipe = load_recipe(write_recipe_file(tmp_path, sections))
+    for method, run in (("sft", run_sft), ("dpo", run_dpo)):
+        with pytest.raises(StageInputError) as err:
+            run(recipe, run_args())
+        assert str(err.value) == (
+            f"{method}.model: {reward_model_dir} holds a LlamaForSequenceClassification, and "
+            "this stage needs a causal language model (*ForCausalLM); give the final/ of a "
+            "stage that writes one"
+        )
+        assert not recipe.stage_dir(method).exists()
+
+
+def test_rm_starts_from_a_causal_lm_or_a_reward_model(
+    tmp_path, tiny_causal_lm_dir, reward_model_dir
+):
+    data = write_sft_data(tmp_path)
+    recipe = load_recipe(
+        write_recipe_file(tmp_path, {"rm": {"data": [{"path": str(data)}], **FAST}})
+    )
+    run = AlignRun(recipe, "rm", recipe.section("rm"))
+    assert run.model_kinds() == ("causal_lm", "reward_model")
+    assert run.input_model_dir(tiny_causal_lm_dir) == tiny_causal_lm_dir
+    assert run.input_model_dir(reward_model_dir) == reward_model_dir
+
+
+def test_a_reward_model_is_refused_as_the_model_to_pretrain(tiny_tokenizer_dir, reward_model_dir):
+    from transformers import AutoTokenizer
+
+    from llmtrain.train.config import ModelSection
+    from llmtrain.train.models import create_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    section = ModelSection(path=str(reward_model_dir))
+    with pytest.raises(StageInputError) as err:
+        create_model(section, tokenizer, objective="clm", seed=0)
+    assert str(err.value) == (
+        f"model.path: {reward_model_dir} holds a LlamaForSequenceClassification, and this stage "
+        "needs a causal language model (*ForCausalLM); give the final/ of a stage that writes one"
+    )
+
+
+def test_a_tokenizer_of_another_size_than_the_models_own_is_refused(
+    tmp_path, tiny_causal_lm_dir, tiny_tokenizer_dir
+):
+    """sft.tokenizer with fewer tokens than the model's own (which fits in its padded
+    embeddings, so the embedding check alone lets it through), and pretraining from a model
+    whose own tokenizer is larger than the data build's."""
+    from transformers import AutoTokenizer
+
+    from llmtrain.train.config import ModelSection
+    from llmtrain.train.models import create_model
+
+    small_dir = tmp_path / "small-tokenizer"
+    build_tiny_tokenizer(small_dir, vocab_size=300)
+    small = AutoTokenizer.from_pretrained(small_dir)
+    own = len(AutoTokenizer.from_pretrained(tiny_causal_lm_dir))
+    data = write_sft_data(tmp_path)
+    section = {
+        "model": str(tiny_causal_lm_dir),
+        "tokenizer": str(small_dir),
+        "data": [{"path": str(data)}],
+        **FAST,
+    }
+    recipe = load_recipe(write_recipe_file(tmp_path, {"sft": section}))
+    with pytest.raises(StageInputError) as err:
+        run_sft(recipe, run_args())
+    assert str(err.value) == (
+        f"sft: sft.tokenizer ({small_dir}) has {len(small)} tokens but the model in "
+        f"{tiny_causal_lm_dir} was trained with its own tokenizer of {own} tokens; they do not "
+        "belong together: use the model's own tokenizer (remove sft.tokenizer) or a model "
+        "trained with this one"
+    )
+    with pytest.raises(StageInputError) as err:
+        create_model(ModelSection(path=str(tiny_causal_lm_dir)), small, objective="clm", seed=0)
+    assert str(err.value) == (
+        f"model.path: the data build's tokenizer ({small_dir}) has {len(small)} tokens but the "
+        f"model in {tiny_causal_lm_dir} was trained with its own tokenizer of {own} tokens; "
+        "they do not belong together: build the data with the model's tokenizer or start from "
+        "a model trained with this one"
+    )

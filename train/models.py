@@ -262,6 +262,63 @@ def check_vocab_fits(vocab_size: int, tokenizer: Any, *, explicit: bool = True) 
         )
 
 
+ARCHITECTURE_SUFFIX = {
+    "causal_lm": "ForCausalLM",
+    "reward_model": "ForSequenceClassification",
+    "clm": "ForCausalLM",
+    "mlm": "ForMaskedLM",
+    "span": "ForConditionalGeneration",
+}
+"""The class-name ending of a model of each kind (a stage's output kind or an objective)."""
+
+KIND_NAMES = {
+    "causal_lm": "a causal language model (*ForCausalLM)",
+    "reward_model": "a reward model (*ForSequenceClassification)",
+    "clm": "a causal language model (*ForCausalLM)",
+    "mlm": "a masked language model (*ForMaskedLM)",
+    "span": "an encoder-decoder (*ForConditionalGeneration)",
+}
+
+
+def check_model_kind(model_dir: Any, needs: tuple[str, ...], where: str) -> None:
+    """Refuse a model directory whose config.json names a model with another head than the
+    kinds in `needs` (a reward model given where a causal LM is trained loads with a new,
+    random lm_head). A base model with no head (LlamaModel) or no `architectures` passes."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    heads = [name for name in config.get("architectures") or [] if "For" in name]
+    if not heads or any(
+        name.endswith(ARCHITECTURE_SUFFIX[kind]) for name in heads for kind in needs
+    ):
+        return
+    wanted = " or ".join(KIND_NAMES[kind] for kind in needs)
+    raise StageInputError(
+        f"{where}: {model_dir} holds a {', '.join(heads)}, and this stage needs {wanted}; "
+        "give the final/ of a stage that writes one"
+    )
+
+
+def check_same_vocabulary(model_dir: Any, tokenizer: Any, where: str, key: str, fix: str) -> None:
+    """Refuse a tokenizer other than the model's own when their vocabularies differ in size:
+    the model directory's tokenizer says which ids the model learned (its embedding table may
+    be padded, so the table alone cannot tell a smaller tokenizer from padding)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    if not (Path(model_dir) / "tokenizer_config.json").is_file():
+        return
+    own = AutoTokenizer.from_pretrained(str(model_dir))
+    if len(own) != len(tokenizer):
+        raise StageInputError(
+            f"{where}: {key} ({tokenizer.name_or_path}) has {len(tokenizer)} tokens but the "
+            f"model in {model_dir} was trained with its own tokenizer of {len(own)} tokens; "
+            f"they do not belong together: {fix}"
+        )
+
+
 def max_positions(config: PretrainedConfig) -> int | None:
     """The longest sequence a config accepts; None when positions are relative (T5)."""
     if getattr(config, "model_type", None) == "t5":
@@ -313,6 +370,14 @@ def create_model(
     """A freshly initialised preset model, or the model at `section.path`, in fp32."""
     auto = AUTO_CLASS[objective]
     if section.path is not None:
+        check_model_kind(section.path, (objective,), "model.path")
+        check_same_vocabulary(
+            section.path,
+            tokenizer,
+            "model.path",
+            "the data build's tokenizer",
+            "build the data with the model's tokenizer or start from a model trained with this one",
+        )
         config = _load_config(section)
         model_class = CLASS_MAPPING[objective][type(config)]
         model = auto.from_pretrained(

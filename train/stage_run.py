@@ -115,7 +115,18 @@ class StageRun:
                 f"{self.method}.{key}: {given} has no config.json, so it is not a Hugging Face "
                 "model directory; save the model with save_pretrained"
             )
+        from llmtrain.train.models import check_model_kind
+
+        check_model_kind(given, self.model_kinds(), f"{self.method}.{key}")
         return given
+
+    def model_kinds(self) -> tuple[str, ...]:
+        """The kinds of model this stage starts from: what its input stage writes, or what it
+        writes itself (continuing a model of its own kind)."""
+        own = self.recipe.stage_kind(self.method).produces
+        source = self.recipe.input_stage(self.method, "model")
+        read = self.recipe.stage_kind(source).produces if source else own
+        return tuple(dict.fromkeys((read, own)))
 
     def load_tokenizer(self, model_dir: Path) -> Any:
         """The tokenizer of `<method>.tokenizer`, else of the model directory; pad = eos if unset."""
@@ -135,6 +146,11 @@ class StageRun:
             )
         except (OSError, ValueError, TypeError) as exc:
             raise StageInputError(f"{key}: cannot load the tokenizer in {where} ({exc})") from exc
+        if self.section.tokenizer:  # not the model's own: as many tokens as the model's own
+            from llmtrain.train.models import check_same_vocabulary
+
+            fix = f"use the model's own tokenizer (remove {key}) or a model trained with this one"
+            check_same_vocabulary(model_dir, tokenizer, self.method, key, fix)
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise StageInputError(
