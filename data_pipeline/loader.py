@@ -28,6 +28,7 @@ ranks never share a window and together read exactly the global stream.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from llmtrain.errors import StageInputError
 from .manifest import read_manifest, shards_of
 from .sampling import Blend, Permutation
 from .shards import dtype_from_name, open_tokens
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TrainBatches", "read_manifest", "validation_batches"]
 
@@ -113,8 +116,12 @@ class TrainBatches:
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        resume_on_changed_data: bool = False,
     ):
         _check_sizes(seq_len, micro_batch_size, rank, world_size)
+        self.resume_on_changed_data = resume_on_changed_data
+        """load_state_dict continues on a data build whose training shards changed since the
+        state was saved (instead of refusing it)."""
         self.build_dir = Path(build_dir)
         self.manifest = read_manifest(self.build_dir)
         self.seq_len = seq_len
@@ -215,7 +222,40 @@ class TrainBatches:
             "sources": list(self.source_names),
             "seq_len": self.seq_len,
             "seed": self.seed,
+            "shards": self.train_shards(),
         }
+
+    def train_shards(self) -> dict[str, str]:
+        """The build's training shards: path -> sha256 (what a resume checks)."""
+        return {shard["path"]: shard["sha256"] for shard in shards_of(self.manifest, "train")}
+
+    def check_same_shards(self, saved: dict[str, str]) -> None:
+        """Refuse to continue on training shards other than those of the saved state, naming
+        what changed, unless resume_on_changed_data (then a warning)."""
+        now = self.train_shards()
+        if saved == now:
+            return
+        changes = {
+            "changed": [path for path in saved if path in now and saved[path] != now[path]],
+            "added": [path for path in now if path not in saved],
+            "removed": [path for path in saved if path not in now],
+        }
+        named = "; ".join(
+            f"{kind}: {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}"
+            for kind, paths in changes.items()
+            if paths
+        )
+        message = (
+            f"the data build at {self.build_dir} is not the one the checkpoint was trained on "
+            f"(training shards {named})"
+        )
+        if self.resume_on_changed_data:
+            log.warning("%s; continuing on the new data (pretrain.resume_on_changed_data)", message)
+            return
+        raise StageInputError(
+            f"{message}; resume with the build it was trained on, or set "
+            "pretrain.resume_on_changed_data: true to continue on the new data"
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         expected = {
@@ -235,6 +275,8 @@ class TrainBatches:
                     f"but the data loader now has {value!r}; resume with the same data build, "
                     "seq_len and seed, or start a new run"
                 )
+        if "shards" in state:  # states saved before the shards were recorded: not checked
+            self.check_same_shards(state["shards"])
         counts = [int(c) for c in state["windows_drawn"]]
         if sum(counts) % (self.micro_batch_size * self.world_size):
             raise StageInputError(

@@ -256,3 +256,36 @@ def test_a_manifest_path_outside_the_build_is_refused(one_source, bad):
         "only name files in its own directory (rebuild or restore the directory instead of "
         "editing it)"
     )
+
+
+def test_resume_on_a_changed_build_is_refused_unless_asked_for(tmp_path, caplog):
+    """Issue 18.6: the data position of a checkpoint names the training shards it was drawn
+    from; a rebuilt source (same names, seq_len and seed) is refused, naming the shard, unless
+    resume_on_changed_data says to continue on the new data."""
+    build = tmp_path / "build"
+    old = {"a": ([arange_documents(0, 20, 50), arange_documents(1_000, 20, 50)], 1.0)}
+    write_synthetic_build(build, old, seq_len=SEQ)
+    first = TrainBatches(build, seq_len=SEQ, micro_batch_size=4, seed=7)
+    take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))
+    assert sorted(state["shards"]) == ["shards/a/train-00000.bin", "shards/a/train-00001.bin"]
+    new = {"a": ([arange_documents(0, 20, 50), arange_documents(5_000, 20, 50)], 1.0)}
+    write_synthetic_build(build, new, seq_len=SEQ)
+    resumed = TrainBatches(build, seq_len=SEQ, micro_batch_size=4, seed=7)
+    with pytest.raises(StageInputError) as error:
+        resumed.load_state_dict(state)
+    message = (
+        f"the data build at {build} is not the one the checkpoint was trained on (training "
+        "shards changed: shards/a/train-00001.bin)"
+    )
+    assert str(error.value) == (
+        f"{message}; resume with the build it was trained on, or set "
+        "pretrain.resume_on_changed_data: true to continue on the new data"
+    )
+    allowed = TrainBatches(
+        build, seq_len=SEQ, micro_batch_size=4, seed=7, resume_on_changed_data=True
+    )
+    allowed.load_state_dict(state)
+    assert f"{message}; continuing on the new data" in caplog.text
+    assert sum(allowed.state_dict()["windows_drawn"]) == 20  # the position is kept
+    take(allowed, 1)

@@ -250,6 +250,9 @@ class PretrainSection(Section):
     max_nonfinite_steps: int = Field(default=5, gt=0)
     """A step with a non-finite loss or gradient norm is skipped; this many in a row stop the
     run (the last checkpoint stays intact)."""
+    resume_on_changed_data: bool = False
+    """--resume on a data build whose training shards changed since the checkpoint: continue
+    on the new data (each source keeps its position) instead of refusing."""
     deepspeed: DeepSpeedSection | None = None
     """DeepSpeed ZeRO (see docs/recipes.md#deepspeed); without it several processes use DDP."""
     compile: bool = False

@@ -203,6 +203,7 @@ def prepare(recipe: Any) -> Setup:
         rank=env.rank,
         world_size=env.world_size,
         seed=seed,
+        resume_on_changed_data=section.resume_on_changed_data,
     )
     check_enough_data(
         train_batches.num_windows, section.global_batch_size, data.data_dir, data.seq_len
