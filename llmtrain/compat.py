@@ -234,32 +234,6 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
 )
 
 
-ONLINE_DPO_PARAMETERS = (
-    "model",
-    "ref_model",
-    "reward_funcs",
-    "args",
-    "train_dataset",
-    "processing_class",
-    "peft_config",
-    "callbacks",
-)
-"""The OnlineDPOTrainer parameters train/align/online_dpo.py passes (checked by
-tests/test_compat.py)."""
-
-
-def online_dpo_classes() -> tuple[type, type]:
-    """(OnlineDPOConfig, OnlineDPOTrainer) from `trl.experimental.online_dpo`: TRL 1.16 has
-    online DPO only there ("may change or be removed without notice"), so it is reached only
-    through here; TRL's warning about importing experimental code is silenced (we pin it)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
-        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
-    return OnlineDPOConfig, OnlineDPOTrainer
-
-
 def trainer_metrics(trainer: Any, mode: str) -> dict[str, list[float]]:
     """TRL's per-mode metric lists (`trainer._metrics[mode]`, mode train or eval): values
     appended there are averaged and logged by TRL with its own."""

@@ -124,11 +124,12 @@ def rl_recipe(folder: Path, method: str, policy: Path, **overrides) -> Path:
         )
     elif method == "online_dpo":
         section.update(
-            global_batch_size=16,
-            micro_batch_size=8,
+            global_batch_size=32,
+            micro_batch_size=16,
             lr=5.0e-4,
             beta=0.1,
             max_steps=8,
+            eval_every=0,
             save_every=4,
             validation_data=[],
         )

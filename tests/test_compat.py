@@ -221,15 +221,3 @@ def test_the_cli_checks_versions_before_any_command(monkeypatch, capsys):
         cli.main(["run", "/nonexistent/recipe.yaml"])
     assert exit_info.value.code == 2
     assert calls == ["checked"]
-
-
-def test_the_experimental_online_dpo_trainer_takes_what_we_pass():
-    from llmtrain.compat import ONLINE_DPO_PARAMETERS, online_dpo_classes
-
-    config_class, trainer_class = online_dpo_classes()
-    assert config_class.__name__ == "OnlineDPOConfig"
-    missing = set(ONLINE_DPO_PARAMETERS) - set(_parameters(trainer_class.__init__))
-    assert not missing, (
-        f"trl.experimental.online_dpo.OnlineDPOTrainer lost {sorted(missing)} in trl "
-        f"{metadata.version('trl')}; see llmtrain/compat.py online_dpo_classes"
-    )

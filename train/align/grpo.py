@@ -209,7 +209,8 @@ def eval_batch_size(micro_batch_size: int, num_generations: int, world_size: int
 
 def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
     """Train, write <output_dir>/<method>/ and return the trainer. `method`: grpo, gspo (GRPO
-    with its own section's defaults) or rloo (TRL's RLOOTrainer, which shares GRPO's design)."""
+    with its own section's defaults), rloo (TRL's RLOOTrainer, which shares GRPO's design) or
+    online_dpo (our DPO loss on GRPOTrainer, online_dpo.py)."""
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, RLOOConfig
 
@@ -256,19 +257,35 @@ def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
 
     run.start(resume=args.resume, overwrite=args.overwrite)
     run.log_data({**data.metrics(), **{f"data/{k}": v for k, v in counts.items()}})
+    trainer_args: dict[str, Any] = {}
     if method == "rloo":
         config_class = RLOOConfig
         method_args = dict(
             normalize_advantages=section.normalize_advantages,
             reward_clip_range=section.reward_clip_range,
+            epsilon=section.epsilon,
+            epsilon_high=section.epsilon_high,
         )
+        trainer_class = grpo_trainer_class(rloo=True)
+    elif method == "online_dpo":
+        from llmtrain.train.align.online_dpo import online_dpo_trainer_class
+
+        config_class = GRPOConfig
+        # advantages = reward - the pair's mean: their sign says which completion is chosen;
+        # one generation per micro-batch, so both completions of a prompt meet in it
+        method_args = dict(scale_rewards="none", steps_per_generation=1)
+        trainer_class = online_dpo_trainer_class()
+        trainer_args = dict(dpo_beta=section.beta, loss_type=section.loss_type)
     else:
         config_class = GRPOConfig
         method_args = dict(
             loss_type=section.loss_type,
             scale_rewards=section.scale_rewards,
             importance_sampling_level=section.importance_sampling_level,
+            epsilon=section.epsilon,
+            epsilon_high=section.epsilon_high,
         )
+        trainer_class = grpo_trainer_class()
     config = run.training_args(
         config_class,
         has_validation=bool(validation),
@@ -279,8 +296,6 @@ def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
         top_p=section.top_p,
         top_k=section.top_k,
         beta=section.beta,
-        epsilon=section.epsilon,
-        epsilon_high=section.epsilon_high,
         num_iterations=section.num_iterations,
         mask_truncated_completions=section.mask_truncated_completions,
         use_vllm=section.use_vllm,
@@ -305,7 +320,8 @@ def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
         deepspeed.init_distributed(dist_backend=config.distributed_state.backend or "gloo")
     rows = [{"prompt": p.prompt, **p.fields} for p in train]
     val_rows = [{"prompt": p.prompt, **p.fields} for p in validation]
-    trainer = grpo_trainer_class(rloo=method == "rloo")(
+    trainer = trainer_class(
+        **trainer_args,
         run_dir=run.run_dir,
         keep_last=section.keep_last,
         model=model,

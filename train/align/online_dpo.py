@@ -1,120 +1,134 @@
-"""`llmtrain align --method online_dpo`: online DPO on TRL's (experimental) OnlineDPOTrainer.
+"""`llmtrain align --method online_dpo`: online DPO, our loss on TRL's GRPOTrainer.
 
 Each step samples two completions per prompt from the current policy, scores both with the
-recipe's rewards (a reward model, verifiable rewards, your function: rewards.py), takes the
-higher-scored one as chosen (TRL's rule: on a tie, the first sampled), and applies DPO's loss to
-the pair against a frozen reference (a copy of the input model; with LoRA the base).
+recipe's rewards (a reward model, verifiable rewards, your function: rewards.py), and applies
+DPO's loss to the pair, the higher-scored completion as chosen, against a frozen reference (a
+copy of the input model; with LoRA the base). Pairs whose two rewards are equal carry no
+preference and are left out of the loss (counted: `pairs/tied_share`).
 
-TRL 1.16 has this trainer only in `trl.experimental`; we reach it through
-`llmtrain.compat.online_dpo_classes` (why we use it rather than our own: docs/architecture.md).
-Our part: the recipe section, prompts fitted to max_prompt_length (counted), the rewards, stop
-tokens, our run directory, checkpoints and final/.
+Why GRPOTrainer: TRL 1.16 has an OnlineDPOTrainer only in `trl.experimental`, where a tie makes
+the first sample "chosen" and there is no held-out evaluation. GRPOTrainer (maintained) already
+does everything online DPO needs around the loss: it samples `num_generations` = 2 completions
+per prompt, scores them with our reward function, computes the reference's per-token log-probs
+(`beta` > 0) and evaluates held-out prompts; with `scale_rewards: none` each completion's
+advantage is its reward minus the mean of its pair, whose sign says which one is chosen
+(0: a tie). Our `compute_loss` replaces GRPO's loss with DPO's on those pairs; everything else
+is grpo.py's trainer (checkpoints, step timings, the resume fix, reward metrics).
+
+The two completions of a prompt must meet in one micro-batch: `steps_per_generation` is 1 (a
+generation per micro-batch, shuffled only within it) and the micro-batch holds whole pairs;
+rows are paired by their prompt tokens.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from llmtrain.chat import end_of_turn_token_id, stop_token_ids
-from llmtrain.compat import online_dpo_classes
-from llmtrain.errors import InputDataError
-from llmtrain.runtime import pick_device
-from llmtrain.train.align.chat_data import load_examples
-from llmtrain.train.align.grpo import CombinedReward
-from llmtrain.train.align.prompts import fit_prompts, rl_chat_template
-from llmtrain.train.align.rewards import build_rewards, reward_search_path
-from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
+import torch
+import torch.nn.functional as F
+
+from llmtrain.compat import trainer_metrics
+
+
+def pair_rows(
+    prompt_ids: torch.Tensor, advantages: torch.Tensor
+) -> tuple[list[int], list[int], int]:
+    """(chosen rows, rejected rows, tied pairs) of a micro-batch holding two completions per
+    prompt in any order: rows with the same prompt tokens are paired, the one with the higher
+    advantage chosen; pairs with equal advantages are counted, not returned."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for row, ids in enumerate(prompt_ids.tolist()):
+        by_prompt.setdefault(tuple(ids), []).append(row)
+    chosen, rejected, tied = [], [], 0
+    for rows in by_prompt.values():
+        rows = sorted(rows, key=lambda r: -float(advantages[r]))
+        for first, second in zip(rows[0::2], rows[1::2], strict=False):
+            if float(advantages[first]) > float(advantages[second]):
+                chosen.append(first)
+                rejected.append(second)
+            else:
+                tied += 1
+    return chosen, rejected, tied
+
+
+def completion_log_probs(model: Any, inputs: dict, temperature: float) -> torch.Tensor:
+    """Sum of the log-probabilities of each row's completion tokens under `model`, from logits
+    divided by the sampling temperature (as TRL computes the reference's)."""
+    prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logits = logits[:, prompt_ids.size(1) - 1 : -1].float() / temperature
+    token_log_probs = torch.gather(
+        F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)
+    ).squeeze(-1)
+    return (token_log_probs * inputs["completion_mask"]).sum(1)
+
+
+def dpo_pair_loss(
+    policy: torch.Tensor, reference: torch.Tensor, beta: float, loss_type: str
+) -> torch.Tensor:
+    """DPO's loss per pair from (chosen, rejected) log-probability sums, shape (2, pairs)."""
+    logits = (policy[0] - policy[1]) - (reference[0] - reference[1])
+    if loss_type == "ipo":
+        return (logits - 1 / (2 * beta)) ** 2
+    return -F.logsigmoid(beta * logits)
 
 
 def online_dpo_trainer_class() -> type:
-    _, OnlineDPOTrainer = online_dpo_classes()
+    from llmtrain.train.align.grpo import grpo_trainer_class
 
-    class LLMTrainOnlineDPOTrainer(RunDirCheckpoints, OnlineDPOTrainer):
-        """TRL's OnlineDPOTrainer with checkpoints in our run directory."""
+    class OnlineDPOTrainer(grpo_trainer_class()):
+        """grpo.py's GRPOTrainer with DPO's loss on each sampled pair."""
 
-    return LLMTrainOnlineDPOTrainer
+        def __init__(self, *args: Any, dpo_beta: float, loss_type: str, **kwargs: Any):
+            self.dpo_beta = dpo_beta
+            self.dpo_loss_type = loss_type
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            chosen, rejected, tied = pair_rows(inputs["prompt_ids"], inputs["advantages"])
+            policy = completion_log_probs(model, inputs, self.temperature)
+            mask = inputs["completion_mask"]
+            reference = (inputs["ref_per_token_logps"] * mask).sum(1)
+            pairs = torch.tensor([chosen, rejected], dtype=torch.long, device=policy.device)
+            if chosen:
+                losses = dpo_pair_loss(
+                    policy[pairs], reference[pairs], self.dpo_beta, self.dpo_loss_type
+                )
+                # a mean over the micro-batch's pairs, a tied pair counting 0
+                loss = losses.sum() / (mask.size(0) // 2)
+                margins = (
+                    self.dpo_beta
+                    * (
+                        (policy[chosen] - reference[chosen])
+                        - (policy[rejected] - reference[rejected])
+                    ).detach()
+                )
+            else:
+                loss = policy.sum() * 0.0  # every pair tied: no preference, no update
+                margins = policy.new_zeros(0)
+            self._log_pairs(margins, len(chosen), tied)
+            return loss
+
+        def _log_pairs(self, margins: torch.Tensor, used: int, tied: int) -> None:
+            gather = self.accelerator.gather_for_metrics
+            counts = gather(torch.tensor([used, tied], device=self.accelerator.device)[None])
+            used_all, tied_all = (int(v) for v in counts.sum(0))
+            metrics = trainer_metrics(self, "train" if self.model.training else "eval")
+            metrics["pairs/tied_share"].append(tied_all / max(1, used_all + tied_all))
+            if used_all:
+                sums = gather(torch.stack([margins.sum(), (margins > 0).float().sum()])[None]).sum(
+                    0
+                )
+                metrics["rewards/margins"].append(float(sums[0]) / used_all)
+                metrics["rewards/accuracies"].append(float(sums[1]) / used_all)
+
+    return OnlineDPOTrainer
 
 
 def run_online_dpo(recipe: Any, args: Any) -> Any:
     """Train, write <output_dir>/online_dpo/ and return the trainer."""
-    from transformers import AutoModelForCausalLM
+    from llmtrain.train.align.grpo import run_grpo
 
-    from llmtrain.train.engine import compute_dtype
-
-    method = "online_dpo"
-    config_class, _ = online_dpo_classes()
-    section = recipe.section(method)
-    run = AlignRun(recipe, method, section)
-    model_dir = run.input_model_dir()
-    tokenizer = run.load_tokenizer(model_dir)
-    rewards = build_rewards(
-        section.rewards,
-        default_reward_model=recipe.input_dir(method, "reward_model") / "final",
-        method=method,
-        search_path=reward_search_path(recipe),
-        device=pick_device(run.env.local_rank),
-        dtype=compute_dtype(section.precision),
-        trust_remote_code=section.trust_remote_code,
-    )
-    data = load_examples(section, "prompt", method=method, seed=run.seed)
-    template = rl_chat_template(
-        tokenizer,
-        section.chat_template,
-        data.train,
-        method=method,
-        tokenizer_dir=section.tokenizer or model_dir,
-    )
-    counts: dict[str, int] = {}
-    fit = dict(max_length=section.max_prompt_length, on_too_long=section.on_too_long, counts=counts)
-    train = fit_prompts(data.train, tokenizer, **fit)
-    if len(train) < section.global_batch_size:
-        raise InputDataError(
-            f"{method}: {len(train)} usable training prompts, fewer than one step's "
-            f"{section.global_batch_size} (global_batch_size); add prompts or lower "
-            f"{method}.global_batch_size"
-        )
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **run.model_kwargs())
-    run.check_vocab(model, tokenizer, model_dir)
-    # TRL stops generation at the eos ids of the model's generation config
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer, template)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data({**data.metrics(), **{f"data/{k}": v for k, v in counts.items()}})
-    config = run.training_args(
-        config_class,
-        has_validation=False,
-        max_new_tokens=section.max_new_tokens,
-        max_length=section.max_prompt_length + section.max_new_tokens,
-        temperature=section.temperature,
-        top_p=section.top_p,
-        top_k=section.top_k,
-        beta=[section.beta],
-        loss_type=section.loss_type,
-        missing_eos_penalty=section.missing_eos_penalty,
-        disable_dropout=True,
-    )
-    rows = [{"prompt": p.prompt, **p.fields} for p in train]
-    trainer = online_dpo_trainer_class()(
-        run_dir=run.run_dir,
-        keep_last=section.keep_last,
-        model=model,
-        ref_model=None,  # TRL copies the input model (LoRA: the base, adapters off)
-        reward_funcs=[CombinedReward(rewards, num_generations=2)],
-        args=config,
-        train_dataset=run.dataset(rows, "train"),
-        processing_class=tokenizer,
-        callbacks=run.callbacks(),
-        peft_config=run.peft_config("CAUSAL_LM"),
-    )
-    run.train(trainer)
-    run.save_final(
-        trainer,
-        tokenizer,
-        end_of_turn_id=end_of_turn_token_id(tokenizer, template),
-        base_model_dir=model_dir,
-        load_base=lambda path: AutoModelForCausalLM.from_pretrained(
-            str(path), **run.model_kwargs(quantized=False)
-        ),
-    )
-    return trainer
+    return run_grpo(recipe, args, method="online_dpo")

@@ -173,19 +173,15 @@ class PPOSection(RLSection):
 
 
 class GroupSection(RLSection):
-    """What GRPO, GSPO and RLOO share: a group of completions per prompt whose rewards are
-    compared with each other (no value model), a clipped importance ratio, a KL term to the
-    reference, generation with transformers or vLLM. `global_batch_size` counts completions
-    (a multiple of num_generations)."""
+    """What GRPO, GSPO, RLOO and online DPO share (all on TRL's GRPOTrainer design): a group of
+    completions per prompt whose rewards are compared with each other (no value model), a
+    reference model, generation with transformers or vLLM. `global_batch_size` counts
+    completions (a multiple of num_generations)."""
 
     num_generations: int = Field(default=8, ge=2)
     """Completions sampled per prompt (the group)."""
     beta: float = Field(default=0.04, ge=0)
     """KL coefficient to the reference model (0: no reference model is loaded)."""
-    epsilon: float = Field(default=0.2, gt=0)
-    """Lower clip of the importance ratio."""
-    epsilon_high: float | None = Field(default=None, gt=0)
-    """Upper clip (DAPO's clip-higher); default: epsilon."""
     num_iterations: int = Field(default=1, gt=0)
     """Updates per generated batch (mu)."""
     mask_truncated_completions: bool = False
@@ -211,7 +207,16 @@ class GroupSection(RLSection):
         return self
 
 
-class GRPOSection(GroupSection):
+class ClippedGroupSection(GroupSection):
+    """GRPO, GSPO and RLOO: a policy-gradient loss with a clipped importance ratio."""
+
+    epsilon: float = Field(default=0.2, gt=0)
+    """Lower clip of the importance ratio."""
+    epsilon_high: float | None = Field(default=None, gt=0)
+    """Upper clip (DAPO's clip-higher); default: epsilon."""
+
+
+class GRPOSection(ClippedGroupSection):
     """GRPO on TRL's GRPOTrainer: advantages relative to the group's mean reward."""
 
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = "dapo"
@@ -242,7 +247,7 @@ class GSPOSection(GRPOSection):
     """Updates per generated batch: from the second on, the sequence ratio and its clip act."""
 
 
-class RLOOSection(GroupSection):
+class RLOOSection(ClippedGroupSection):
     """RLOO (Ahmadian et al. 2024) on TRL's RLOOTrainer: each completion's advantage is its
     reward minus the mean reward of the other completions of its prompt; the KL penalty to the
     reference is subtracted from the reward (not added to the loss)."""
@@ -257,28 +262,24 @@ class RLOOSection(GroupSection):
     """Clip the summed reward to [min, max] before the advantages; null: no clipping."""
 
 
-class OnlineDPOSection(RLSection):
-    """Online DPO (Guo et al. 2024) on TRL's experimental OnlineDPOTrainer: two completions
-    sampled per prompt from the current policy, ranked by the rewards, and a DPO loss on the
-    pair against a frozen reference. `global_batch_size` counts prompts (pairs)."""
+class OnlineDPOSection(GroupSection):
+    """Online DPO (Guo et al. 2024): two completions sampled per prompt from the current policy,
+    ranked by the rewards, and DPO's loss on the pair against a frozen reference; our loss on
+    TRL's GRPOTrainer. `global_batch_size` counts completions (two per prompt)."""
 
+    num_generations: int = Field(default=2, ge=2, le=2)
+    """Always 2: a pair per prompt."""
     beta: float = Field(default=0.1, gt=0)
-    """Strength of the pull towards the reference."""
+    """Strength of the pull towards the reference (ipo: the regulariser tau)."""
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
-    """DPO's loss on each pair (ipo: beta is the regulariser tau)."""
-    missing_eos_penalty: float | None = Field(default=None, ge=0)
-    """Subtract this from the reward of a completion that ends without an end token."""
+    """DPO's loss on each pair."""
     lr: float = Field(default=5e-7, gt=0)
-    validation_split: float = Field(default=0.0, ge=0, lt=1)
-    """Must stay 0: TRL's OnlineDPOTrainer does not evaluate held-out prompts during training
-    (evaluate final/ with `llmtrain eval`)."""
 
     @model_validator(mode="after")
-    def _no_validation(self) -> OnlineDPOSection:
-        if self.validation_data or self.validation_split:
+    def _micro_batch_is_whole_pairs(self) -> OnlineDPOSection:
+        if self.micro_batch_size % 2:
             raise ValueError(
-                "validation_data / validation_split: online_dpo does not evaluate during "
-                "training (TRL's OnlineDPOTrainer has no held-out evaluation); remove them and "
-                "evaluate final/ with `llmtrain eval`"
+                f"micro_batch_size {self.micro_batch_size} must be even: a micro-batch holds "
+                "both completions of each of its prompts"
             )
         return self
