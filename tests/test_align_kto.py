@@ -19,6 +19,7 @@ from tests.align_support import (
     write_recipe_file,
     write_unpaired_data,
 )
+from tests.conftest import run_cli
 
 
 def _kto_section(sft_recipe, train, held, **overrides):
@@ -116,10 +117,16 @@ def test_kto_needs_good_and_bad_examples(sft_arithmetic, tmp_path):
     recipe = load_recipe(
         write_recipe_file(tmp_path, {"kto": _kto_section(sft_recipe, train, held)})
     )
-    with pytest.raises(InputDataError) as err:
-        run_kto(recipe, run_args())
-    assert str(err.value) == (
+    message = (
         "kto: the training data has no bad (label: false) examples; KTO learns from both kinds "
         "(for good examples alone, use sft)"
     )
+    with pytest.raises(InputDataError) as err:
+        run_kto(recipe, run_args())
+    assert str(err.value) == message
+    # the same through the command the registry declares: exit status 2, no traceback
+    result = run_cli("align", "--method", "kto", str(recipe.source))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"llmtrain: error: {message}"
+    assert "Traceback" not in result.stderr
     assert not recipe.stage_dir("kto").exists()
