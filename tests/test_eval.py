@@ -134,6 +134,14 @@ def test_eval_names_the_missing_stage(write_recipe):
     recipe = load_recipe(write_recipe("name: t\noutput_dir: out\neval: {models: [nonsense]}\n"))
     with pytest.raises(StageInputError, match=r"'nonsense' is neither a stage"):
         evaluate_recipe(recipe)
+    a, b = recipe.source.parent / "a" / "model", recipe.source.parent / "b" / "model"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    recipe = load_recipe(write_recipe(f"name: t\noutput_dir: out\neval: {{models: [{a}, {b}]}}\n"))
+    with pytest.raises(
+        StageInputError, match=r"a/model and .*b/model would both write eval/model.json"
+    ):
+        evaluate_recipe(recipe)
 
 
 def test_perplexity_of_a_model_that_knows_the_text_is_low():

@@ -147,7 +147,7 @@ def test_llmtrain_eval_equals_the_lm_eval_command(rl_policy, tmp_path, write_rec
     shutil.copytree(rl_policy, model_dir)
     tasks_dir = write_tasks(tmp_path / "tasks")
     recipe = lm_eval_recipe(write_recipe, model_dir, tasks_dir)
-    ours = evaluate_recipe(recipe)["final"]
+    ours = evaluate_recipe(recipe)["sft-final"]
     theirs = lm_eval_command(model_dir, tasks_dir, tmp_path / "cli", "--apply_chat_template")
 
     assert ours["lm_eval"]["apply_chat_template"] is True
@@ -168,7 +168,7 @@ def test_llmtrain_eval_equals_the_lm_eval_command(rl_policy, tmp_path, write_rec
             ), (task, metric)
     # the policy answers most sums: the generation numbers compare real completions
     assert ours["tasks"]["tiny_gen"]["exact_match,number"] >= 0.5
-    samples = tmp_path / "out" / "eval" / "samples" / "final-tiny_gen.jsonl"
+    samples = tmp_path / "out" / "eval" / "samples" / "sft-final-tiny_gen.jsonl"
     completions = [json.loads(line)["resps"] for line in samples.read_text().splitlines()]
     (their_samples,) = (tmp_path / "cli").glob("**/samples_tiny_gen_*.jsonl")
     their = [json.loads(line)["resps"] for line in their_samples.read_text().splitlines()]

@@ -51,6 +51,12 @@ def run_lm_eval(
     """
     lm_eval = import_lm_eval()
     chat = chat_model if section.apply_chat_template is None else section.apply_chat_template
+    manager = task_manager(tuple(str(p) for p in section.include_path), tuple(section.tasks))
+    tasks = [
+        item
+        for name in section.tasks
+        for item in _load_task(manager, name, section.confirm_run_unsafe_code)
+    ]
     size = section.batch_size or batch_size
     backend = _backend(section.backend)
     length = section.max_length
@@ -58,12 +64,6 @@ def run_lm_eval(
         lm = _vllm(model, model_dir, size, length)
     else:
         lm = _hf(model, tokenizer, size, length)
-    manager = task_manager(tuple(str(p) for p in section.include_path), tuple(section.tasks))
-    tasks = [
-        item
-        for name in section.tasks
-        for item in _load_task(manager, name, section.confirm_run_unsafe_code)
-    ]
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,

@@ -69,7 +69,17 @@ def resolve_models(
                     f"eval: {name!r} is neither a stage ({', '.join(causal_lm_stages)}) nor a "
                     "model directory"
                 )
-            models.append((path.name, path, False))
+            # a stage's output directory is named by its stage: .../sft/final -> sft-final
+            label = f"{path.parent.name}-final" if path.name == "final" else path.name
+            models.append((label, path, False))
+    labels = [label for label, _, _ in models]
+    for label in labels:
+        if labels.count(label) > 1:
+            clash = [str(path) for other, path, _ in models if other == label]
+            raise StageInputError(
+                f"eval: {' and '.join(clash)} would both write eval/{label}.json; evaluate "
+                "them in separate runs or copy one to a directory of another name"
+            )
     return models
 
 
