@@ -31,6 +31,7 @@ from llmtrain.errors import RunDirError
 from llmtrain.train import checkpoint as ckpt
 from llmtrain.train.engine import DeepSpeedEngine, PlainEngine
 from llmtrain.train.nonfinite import NonfiniteSteps, nonfinite_final_error, weights_finite
+from llmtrain.train.resume import apply_peak_lrs
 from llmtrain.train.stage_run import StageRun
 
 log = logging.getLogger(__name__)
@@ -230,10 +231,13 @@ class TrainingLoop:
                 f"resume with {self.stage}.deepspeed.zero_stage: {saved} (converting a checkpoint "
                 "to another ZeRO stage is not supported)"
             )
+        optimizer = method.scheduler.optimizer
+        peaks = [group["initial_lr"] for group in optimizer.param_groups]  # the recipe's
         method.engine.load(directory)
         rng, rank_state = ckpt.read_rank_state(directory, self.rank)
         method.load_rank_state(rank_state)
         method.scheduler.load_state_dict(state["scheduler"])
+        apply_peak_lrs(optimizer, method.scheduler, peaks)  # a changed lr/schedule applies
         method.load_state_dict(state)
         ckpt.restore_rng(rng)
         method.step = state["step"]

@@ -56,6 +56,8 @@ class StageRun:
         seed_everything(self.seed)
         self.run_dir = RunDir(recipe.stage_dir(stage))
         self.resume_from: Path | None = None
+        self.resume_changes: dict[str, Any] = {}
+        """Settings changed on this resume: "<section>.<key>" -> (old, new)."""
         self.tracker: Tracker | None = None
 
     def start(self, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> None:
@@ -66,11 +68,41 @@ class StageRun:
         self.resume_from = self.run_dir.start(
             config_yaml, resume=resume, overwrite=overwrite, is_main=False
         )
+        config_yaml = self.resumed_config(config_yaml)
         barrier()
         if self.env.is_main:
             self.run_dir.start(config_yaml, resume=resume, overwrite=overwrite)
         barrier()
         self.start_tracker(step_of(self.resume_from))
+        if self.resume_changes and self.tracker is not None:
+            changed = {
+                key: {"from": old, "to": new} for key, (old, new) in self.resume_changes.items()
+            }
+            self.tracker.log(step_of(self.resume_from), {"resumed": changed})
+
+    def resumed_config(self, config_yaml: str) -> str:
+        """The config.yaml of this run. On a resume, settings changed since the run's
+        config.yaml are checked (train/resume.py: a change a resume cannot apply is refused),
+        kept in `resume_changes` and recorded as a comment above the recipe."""
+        from llmtrain.train.resume import (
+            check_resume_changes,
+            history_comment,
+            previous_history,
+            resume_changes,
+        )
+
+        self.resume_changes = {}
+        path = self.run_dir.config_path
+        if self.resume_from is None or not path.is_file():
+            return config_yaml
+        old = path.read_text(encoding="utf-8")
+        kind = self.recipe.stage_kind(self.method)
+        changes = resume_changes(old, config_yaml, (kind.name, *kind.extra_sections))
+        check_resume_changes(changes, kind.name)
+        self.resume_changes = changes
+        step = step_of(self.resume_from)
+        added = history_comment(step, changes) if changes else ""
+        return previous_history(old) + added + config_yaml
 
     def start_tracker(self, resume_step: int | None) -> None:
         self.tracker = Tracker(

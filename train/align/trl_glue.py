@@ -49,6 +49,7 @@ from llmtrain.train.nonfinite import (
     nonfinite_final_error,
     weights_finite,
 )
+from llmtrain.train.resume import apply_peak_lrs
 from llmtrain.train.stage_run import StageRun, finish_generation_config
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,8 @@ class AlignRun(StageRun):
         guard = NonfiniteSteps(
             self.method, self.section.max_nonfinite_steps, is_main=self.env.is_main
         )
-        return [nonfinite_callback(guard, self.run_dir), tracker_callback(self.tracker, guard)]
+        callbacks = [nonfinite_callback(guard, self.run_dir), tracker_callback(self.tracker, guard)]
+        return callbacks + ([recipe_lr_callback()] if self.resume_from is not None else [])
 
     # -- running -------------------------------------------------------------------------------
 
@@ -368,6 +370,20 @@ def nonfinite_callback(guard: NonfiniteSteps, run_dir: RunDir) -> Any:
             return control
 
     return NonfiniteCallback()
+
+
+def recipe_lr_callback() -> Any:
+    """A TrainerCallback for a resume: the recipe's learning rate and schedule replace those the
+    checkpoint's optimizer and scheduler state brought back (train/resume.py)."""
+    from transformers import TrainerCallback
+
+    class RecipeLR(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+            peaks = [args.learning_rate] * len(optimizer.param_groups)
+            apply_peak_lrs(optimizer, lr_scheduler, peaks)
+            return control
+
+    return RecipeLR()
 
 
 def tracker_callback(tracker: Tracker, guard: NonfiniteSteps | None = None) -> Any:
