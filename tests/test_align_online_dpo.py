@@ -46,6 +46,8 @@ def test_pairs_are_found_in_any_order_and_ties_left_out():
     prompts = torch.tensor([[1, 2], [3, 4], [1, 2], [5, 6], [3, 4], [5, 6]])
     advantages = torch.tensor([-0.5, 0.0, 0.5, 1.0, 0.0, -1.0])
     assert pair_rows(prompts, advantages) == ([2, 3], [0, 5], 1)
+    with pytest.raises(RuntimeError, match="holds 1 completions of one prompt"):
+        pair_rows(prompts[:5], advantages[:5])
 
 
 def test_dpo_pair_loss():

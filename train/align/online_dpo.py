@@ -41,6 +41,12 @@ def pair_rows(
         by_prompt.setdefault(tuple(ids), []).append(row)
     chosen, rejected, tied = [], [], 0
     for rows in by_prompt.values():
+        if len(rows) % 2:
+            raise RuntimeError(
+                f"online_dpo: a micro-batch holds {len(rows)} completions of one prompt; the two "
+                "completions of a prompt are expected together (steps_per_generation 1, an even "
+                "micro_batch_size)"
+            )
         rows = sorted(rows, key=lambda r: -float(advantages[r]))
         for first, second in zip(rows[0::2], rows[1::2], strict=False):
             if float(advantages[first]) > float(advantages[second]):
