@@ -244,6 +244,15 @@ def main() -> None:
     parser.add_argument(
         "--retrain", action="store_true", help="train again even if the workdir holds a model"
     )
+    parser.add_argument(
+        "--model", type=Path, help="compare this model directory instead of training one"
+    )
+    parser.add_argument(
+        "--prompts-file",
+        type=Path,
+        help="held-out prompts, jsonl of {prompt: messages, answer} (the demo's "
+        "eval_arithmetic.jsonl); default: the held-out arithmetic problems",
+    )
     args = parser.parse_args()
 
     import gguf
@@ -263,23 +272,33 @@ def main() -> None:
     train, held_out = split_problems(problems, args.prompts)
     corpus = args.workdir / "corpus.jsonl"
     held_docs, held_source = write_corpus(corpus, train)
-    final = args.workdir / "sft" / "final"
-    if args.retrain or not final.is_dir():
+    final = args.model or args.workdir / "sft" / "final"
+    if args.model:
+        print(f"comparing {final}")
+    elif args.retrain or not final.is_dir():
         shutil.rmtree(args.workdir / "sft", ignore_errors=True)
         tokenizer_dir = train_tokenizer(args.workdir, corpus, args.vocab)
         final = train_model(args.workdir, tokenizer_dir, train, args.steps)
     else:
         print(f"reusing {final} (--retrain to train again)")
     tokenizer = AutoTokenizer.from_pretrained(final)
+    name = final.resolve().parent.name if args.model else "model"
     files = {
-        t: export_gguf(final, args.workdir / f"model-{t}.gguf", t) for t in ("f32", "f16", "q8_0")
+        t: export_gguf(final, args.workdir / f"{name}-{t}.gguf", t) for t in ("f32", "f16", "q8_0")
     }
     pre = gguf.GGUFReader(files["f32"]).fields["tokenizer.ggml.pre"].contents()
     print(f"exported {final} -> {', '.join(map(str, files.values()))}; pre-tokenizer {pre}")
 
+    if args.prompts_file:
+        records = [json.loads(line) for line in args.prompts_file.read_text().splitlines()]
+        conversations = [r["prompt"] for r in records]
+        answers = [int(r["answer"]) for r in records]
+    else:
+        conversations = [[user_message(p)] for p in held_out]
+        answers = [p.answer for p in held_out]
     chats = [
-        tokenizer.apply_chat_template([user_message(p)], add_generation_prompt=True, tokenize=False)
-        for p in held_out
+        tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+        for c in conversations
     ]
     texts = {
         "chat prompts": chats[:40],
@@ -307,7 +326,6 @@ def main() -> None:
     start = time.perf_counter()
     ours = greedy_completions(final, chats, args.max_new_tokens)
     print(f"transformers greedy: {time.perf_counter() - start:.0f} s")
-    answers = [p.answer for p in held_out]
     ours_correct = sum(read_answer(c) == a for c, a in zip(ours, answers, strict=True))
     print(f"transformers exact match: {ours_correct}/{len(chats)}")
     for out_type, path in files.items():
