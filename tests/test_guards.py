@@ -226,3 +226,24 @@ def test_a_tokenizer_of_another_size_than_the_models_own_is_refused(
         "they do not belong together: build the data with the model's tokenizer or start from "
         "a model trained with this one"
     )
+
+
+def test_sft_resume_from_a_truncated_checkpoint_gives_one_message(tmp_path, tiny_causal_lm_dir):
+    """Issue 18.7 (TRL-backed stages): a damaged checkpoint is reported, not a traceback."""
+    from llmtrain.errors import RunDirError
+
+    section = _sft_section(tmp_path, tiny_causal_lm_dir, max_steps=3, save_every=3)
+    run_sft(load_recipe(write_recipe_file(tmp_path, {"sft": section})), run_args())
+    step3 = tmp_path / "out" / "sft" / "checkpoints" / "step-3"
+    weights = step3 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    section["max_steps"] = 6
+    recipe = load_recipe(write_recipe_file(tmp_path, {"sft": section}))
+    with pytest.raises(RunDirError) as err:
+        run_sft(recipe, run_args(resume=True))
+    assert str(err.value) == (
+        f"--resume: cannot load the checkpoint {step3} (Error while deserializing header: "
+        "incomplete metadata, file not fully covered); it is truncated or damaged, or was "
+        "written for another model shape; resume from another checkpoint (--resume PATH) or "
+        "start again with --overwrite"
+    )

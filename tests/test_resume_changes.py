@@ -4,6 +4,7 @@ and a setting a resume cannot apply is refused, named."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -131,4 +132,47 @@ def test_sft_resume_takes_the_new_lr(tmp_path, tiny_causal_lm_dir):
         (run_dir / "config.yaml")
         .read_text()
         .startswith("# resumed at step 3, applying from step 4: sft.lr 0.001 -> 0.0001\n")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18.7: a checkpoint that cannot be loaded gives one message
+
+
+def test_a_truncated_checkpoint_or_one_of_another_shape_gives_one_message(clm_data, tmp_path):
+    from llmtrain.errors import RunDirError
+
+    first = tmp_path / "first"
+    (tmp_path / "other").mkdir()
+    first.mkdir()
+    run_pretrain(load_recipe(_pretrain_recipe(first, clm_data, 0.001)))
+    step6 = first / "out" / "pretrain" / "checkpoints" / "step-6"
+
+    other = write_pretrain_recipe(
+        tmp_path / "other" / "recipe.yaml",
+        output_dir=tmp_path / "other" / "out",
+        data=clm_data,
+        model="preset: llama-tiny\nhidden_size: 32\nhead_dim: 8",
+        pretrain="steps: 8\nglobal_batch_size: 16\nmicro_batch_size: 8\nprecision: fp32",
+    )
+    with pytest.raises(RunDirError) as err:
+        run_pretrain(load_recipe(other), resume=step6)
+    assert re.fullmatch(
+        rf"--resume: cannot load the checkpoint {re.escape(str(step6))} \(size mismatch for "
+        r"\S+: copying a param with shape torch.Size\(\[\d+, \d+\]\) from checkpoint, the shape "
+        r"in current model is torch.Size\(\[\d+, \d+\]\)\.\); it is truncated or damaged, or was "
+        r"written for another model shape; resume from another checkpoint \(--resume PATH\) or "
+        r"start again with --overwrite",
+        str(err.value),
+    )
+
+    weights = step6 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(RunDirError) as err:
+        run_pretrain(load_recipe(_pretrain_recipe(first, clm_data, 0.001)), resume=step6)
+    assert str(err.value) == (
+        f"--resume: cannot load the checkpoint {step6} (Error while deserializing header: "
+        "incomplete metadata, file not fully covered); it is truncated or damaged, or was "
+        "written for another model shape; resume from another checkpoint (--resume PATH) or "
+        "start again with --overwrite"
     )

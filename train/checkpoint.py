@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from llmtrain.atomic import atomic_write_json
 from llmtrain.errors import RunDirError
@@ -167,6 +169,31 @@ def weights_only_torch_load() -> Iterator[None]:
     allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
     with torch.serialization.safe_globals(allowed), mock.patch.object(torch, "load", load):
         yield
+
+
+def unreadable_checkpoint(directory: Path, exc: BaseException) -> RunDirError:
+    """The one message for a checkpoint that cannot be loaded: a truncated or damaged file, or
+    weights of another model shape (the first size mismatch is named)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if "size mismatch" in line), None)
+    detail = detail or (lines[0] if lines else type(exc).__name__)
+    return RunDirError(
+        f"--resume: cannot load the checkpoint {directory} ({detail}); it is truncated or "
+        "damaged, or was written for another model shape; resume from another checkpoint "
+        "(--resume PATH) or start again with --overwrite"
+    )
+
+
+LOAD_ERRORS = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    EOFError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
+"""What reading a truncated, damaged or mismatched checkpoint raises."""
 
 
 def remove_stale(path: Path) -> None:

@@ -233,8 +233,11 @@ class TrainingLoop:
             )
         optimizer = method.scheduler.optimizer
         peaks = [group["initial_lr"] for group in optimizer.param_groups]  # the recipe's
-        method.engine.load(directory)
-        rng, rank_state = ckpt.read_rank_state(directory, self.rank)
+        try:
+            method.engine.load(directory)
+            rng, rank_state = ckpt.read_rank_state(directory, self.rank)
+        except ckpt.LOAD_ERRORS as exc:  # a truncated file, weights of another shape
+            raise ckpt.unreadable_checkpoint(directory, exc) from exc
         method.load_rank_state(rank_state)
         method.scheduler.load_state_dict(state["scheduler"])
         apply_peak_lrs(optimizer, method.scheduler, peaks)  # a changed lr/schedule applies

@@ -43,6 +43,7 @@ from llmtrain.atomic import atomic_path
 from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.rundir import RunDir
 from llmtrain.tracking import Tracker
+from llmtrain.train.checkpoint import LOAD_ERRORS, unreadable_checkpoint
 from llmtrain.train.nonfinite import (
     NonfiniteSteps,
     gradients_nonfinite,
@@ -63,6 +64,9 @@ class AlignRun(StageRun):
     Nothing is written until `start()`, which a method calls once its inputs (model,
     tokenizer, data) have been checked, so a mistake leaves no run directory behind.
     """
+
+    training_begun = False
+    """Set once a resumed trainer has loaded its checkpoint (errors before: the checkpoint's)."""
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -244,7 +248,7 @@ class AlignRun(StageRun):
             self.method, self.section.max_nonfinite_steps, is_main=self.env.is_main
         )
         callbacks = [nonfinite_callback(guard, self.run_dir), tracker_callback(self.tracker, guard)]
-        return callbacks + ([recipe_lr_callback()] if self.resume_from is not None else [])
+        return callbacks + ([recipe_lr_callback(self)] if self.resume_from is not None else [])
 
     # -- running -------------------------------------------------------------------------------
 
@@ -264,6 +268,11 @@ class AlignRun(StageRun):
                 return trainer.train(
                     resume_from_checkpoint=str(self.resume_from) if self.resume_from else None
                 )
+        except LOAD_ERRORS as exc:
+            if self.resume_from is None or self.training_begun:
+                raise
+            # raised before the first step: loading the checkpoint failed
+            raise unreadable_checkpoint(self.resume_from, exc) from exc
         finally:
             if self.tracker is not None:
                 self.tracker.close()
@@ -372,13 +381,15 @@ def nonfinite_callback(guard: NonfiniteSteps, run_dir: RunDir) -> Any:
     return NonfiniteCallback()
 
 
-def recipe_lr_callback() -> Any:
+def recipe_lr_callback(run: AlignRun) -> Any:
     """A TrainerCallback for a resume: the recipe's learning rate and schedule replace those the
-    checkpoint's optimizer and scheduler state brought back (train/resume.py)."""
+    checkpoint's optimizer and scheduler state brought back (train/resume.py). Called once the
+    checkpoint is loaded, it sets `run.training_begun`."""
     from transformers import TrainerCallback
 
     class RecipeLR(TrainerCallback):
         def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+            run.training_begun = True
             peaks = [args.learning_rate] * len(optimizer.param_groups)
             apply_peak_lrs(optimizer, lr_scheduler, peaks)
             return control
