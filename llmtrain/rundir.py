@@ -24,6 +24,8 @@ from llmtrain.locking import hold_lock
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^\.(step-\d+|final|config\.yaml|metrics\.jsonl)\.(tmp|tmp-.+|old-\d+)$")
+"""Temporaries of checkpoints/step-N, final/ and the run's files (llmtrain.atomic, checkpoint)."""
 
 
 class RunDir:
@@ -80,6 +82,8 @@ class RunDir:
             hold_lock(self.path, "training run")
         if overwrite and is_main and self.path.exists():
             shutil.rmtree(self.path)
+        if is_main:
+            self.remove_leftovers()
         checkpoint = None
         if resume:
             checkpoint = self._resume_point(resume)
@@ -95,6 +99,21 @@ class RunDir:
                     )
             atomic_write_text(self.config_path, config_yaml)
         return checkpoint
+
+    def remove_leftovers(self) -> None:
+        """Delete the temporaries a killed run left (a partial `.step-N.tmp`, `.final.tmp-*`,
+        a directory moved aside while replaced); called under the run's lock, so no other
+        run is writing them."""
+        for folder in (self.path, self.checkpoints_dir):
+            if not folder.is_dir():
+                continue
+            for child in folder.iterdir():
+                if _LEFTOVER.match(child.name):
+                    log.info("removing %s, left by an interrupted run", child)
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
 
     def _resume_point(self, resume: bool | str | Path) -> Path:
         if resume is True:

@@ -174,3 +174,26 @@ def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
     line = (tmp_path / "metrics.jsonl").read_text()
     assert line == '{"step": 1, "loss": null, "grad_norm": null, "lr": 0.001}\n'
     json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics"))
+
+
+def test_temporaries_of_a_killed_run_are_removed_when_it_resumes(tmp_path):
+    """Issue 18.7: a partial `.step-N.tmp` (killed, or disk full while writing a checkpoint)
+    and a `.final.tmp-*` (killed while writing final/) go when the run starts again; complete
+    checkpoints and other files stay."""
+    run = RunDir(tmp_path / "run")
+    run.start("a: 1\n")
+    (run.checkpoint_dir(2) / "model.safetensors").parent.mkdir(parents=True)
+    (run.checkpoint_dir(2) / "model.safetensors").write_text("complete")
+    leftovers = [
+        run.checkpoints_dir / ".step-3.tmp",
+        run.checkpoints_dir / ".step-4.tmp-x1y2",
+        run.path / ".final.tmp-k9j8",
+        run.path / ".final.old-123",
+    ]
+    for path in leftovers:
+        path.mkdir()
+        (path / "part.bin").write_text("partial")
+    (run.path / ".metrics.jsonl.tmp-abc").write_text("partial")
+    assert run.start("a: 1\n", resume=True) == run.checkpoint_dir(2)
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step-2"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml"]
