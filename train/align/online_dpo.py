@@ -87,6 +87,10 @@ def online_dpo_trainer_class() -> type:
     class OnlineDPOTrainer(grpo_trainer_class()):
         """grpo.py's GRPOTrainer with DPO's loss on each sampled pair."""
 
+        # our loss is a micro-batch mean: the Trainer divides it by the accumulation steps
+        # (GRPOTrainer's own loss is scaled already, and says so with True)
+        loss_is_scaled_for_ga = False
+
         def __init__(self, *args: Any, dpo_beta: float, loss_type: str, **kwargs: Any):
             self.dpo_beta = dpo_beta
             self.dpo_loss_type = loss_type
