@@ -247,3 +247,21 @@ def test_sft_resume_from_a_truncated_checkpoint_gives_one_message(tmp_path, tiny
         "written for another model shape; resume from another checkpoint (--resume PATH) or "
         "start again with --overwrite"
     )
+
+
+def test_a_chat_template_that_cannot_render_is_reported_when_the_recipe_is_read(tmp_path):
+    """Issue 18.7: `config check` (which loads the recipe) and every start report a Jinja
+    template that does not render, with the template's error."""
+    from llmtrain.errors import RecipeError
+
+    data = write_sft_data(tmp_path)
+    section = {"data": [{"path": str(data)}], "chat_template": "{% for m in messages %}{{ m }}"}
+    path = write_recipe_file(tmp_path, {"sft": section})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == (
+        f"{path}: sft.chat_template: the Jinja template does not render a user and an assistant "
+        "message (line 1): TemplateSyntaxError: Unexpected end of template. Jinja was looking "
+        "for the following tags: 'endfor' or 'else'. The innermost block that needs to be "
+        "closed is 'for'."
+    )

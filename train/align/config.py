@@ -82,6 +82,28 @@ class LoraSection(Section):
     loads); the adapters alone are kept in <run dir>/adapter either way."""
 
 
+SAMPLE_CONVERSATION = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4"},
+]
+
+
+def check_template_renders(template: str) -> None:
+    """Render a user and an assistant message with a Jinja chat template as transformers does
+    (sandboxed), so that a template that cannot render is reported when the recipe is read."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        render_jinja_template([SAMPLE_CONVERSATION], chat_template=template)
+    except TemplateError as exc:
+        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        raise ValueError(
+            f"the Jinja template does not render a user and an assistant message{where}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
 class AlignSection(Section):
     """What every TRL-backed alignment method trains with."""
 
@@ -161,7 +183,10 @@ class AlignSection(Section):
     @field_validator("chat_template")
     @classmethod
     def _check_chat_template(cls, value: str) -> str:
-        if value == "tokenizer" or value in BUILTIN_TEMPLATES or "{{" in value or "{%" in value:
+        if value == "tokenizer" or value in BUILTIN_TEMPLATES:
+            return value
+        if "{{" in value or "{%" in value:
+            check_template_renders(value)
             return value
         raise ValueError(
             f"{value!r} is neither `tokenizer`, a built-in template "
