@@ -133,15 +133,23 @@ def _read_lines(f: BinaryIO, path: Path) -> Iterator[bytes]:
         yield line
 
 
-def _decode(data: bytes, path: Path, offset: int, errors: EncodingErrors, line: int | None) -> str:
+def _decode(
+    data: bytes,
+    path: Path,
+    offset: int,
+    errors: EncodingErrors,
+    line: int | None,
+    encoding_key: str | None = "encoding_errors",
+) -> str:
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
         where = f"{path}:{line}" if line is not None else str(path)
         suffix = " (decompressed)" if path.suffix in (".gz", ".zst") else ""
+        fix = f", or set {encoding_key}: replace to replace bad bytes" if encoding_key else ""
         raise InputDataError(
             f"{where}: not valid UTF-8 at byte offset {offset + exc.start}{suffix}; "
-            "convert the file to UTF-8, or set encoding_errors: replace to replace bad bytes"
+            f"convert the file to UTF-8{fix}"
         ) from None
 
 
@@ -152,11 +160,14 @@ def iter_records(
     encoding_errors: EncodingErrors = "strict",
     stats: ReadStats | None = None,
     split: str = "train",
+    skip_key: str = "on_error",
+    encoding_key: str | None = "encoding_errors",
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line or row number, record) from a jsonl, parquet or `datasets` file.
 
     Broken JSON or a line that is not an object raises, naming file and line; with
-    `on_error="skip"` such lines are skipped and counted in `stats`.
+    `on_error="skip"` such lines are skipped and counted in `stats`. The messages name the
+    caller's recipe keys: `skip_key` (set to skip), `encoding_key` (None: the caller has none).
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -166,7 +177,7 @@ def iter_records(
     elif fmt == "datasets":
         yield from _iter_datasets_dir(path, split, stats)
     elif fmt == "jsonl":
-        yield from _iter_jsonl(path, on_error, encoding_errors, stats)
+        yield from _iter_jsonl(path, on_error, encoding_errors, stats, skip_key, encoding_key)
     else:
         raise InputDataError(
             f"{path}: expected records (.jsonl, .json, .parquet or a datasets directory), "
@@ -175,7 +186,12 @@ def iter_records(
 
 
 def _iter_jsonl(
-    path: Path, on_error: OnError, encoding_errors: EncodingErrors, stats: ReadStats
+    path: Path,
+    on_error: OnError,
+    encoding_errors: EncodingErrors,
+    stats: ReadStats,
+    skip_key: str = "on_error",
+    encoding_key: str | None = "encoding_errors",
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     offset = 0
     with open_binary(path) as f:
@@ -183,7 +199,7 @@ def _iter_jsonl(
             line_offset, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
-            text = _decode(raw, path, line_offset, encoding_errors, line_no)
+            text = _decode(raw, path, line_offset, encoding_errors, line_no, encoding_key)
             try:
                 record = json.loads(text.rstrip("\r\n"))  # columns as the line shows them
             except json.JSONDecodeError as exc:
@@ -195,7 +211,7 @@ def _iter_jsonl(
                     stats.skip(reason)
                     continue
                 raise InputDataError(
-                    f"{reason}; fix the line, or set on_error: skip to skip and count such lines"
+                    f"{reason}; fix the line, or set {skip_key}: skip to skip and count such lines"
                 ) from None
             if not isinstance(record, dict):
                 reason = f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"

@@ -265,3 +265,31 @@ def test_a_chat_template_that_cannot_render_is_reported_when_the_recipe_is_read(
         "for the following tags: 'endfor' or 'else'. The innermost block that needs to be "
         "closed is 'for'."
     )
+
+
+def test_sft_data_errors_name_the_keys_the_sft_section_has(tmp_path):
+    """Issue 18.7: SFT's hints name sft.on_bad_record (not the data build's on_error) and no
+    encoding_errors (the SFT section has none: its files are UTF-8)."""
+    from llmtrain.errors import InputDataError
+    from llmtrain.recipe import validate_section
+    from llmtrain.train.align.chat_data import load_examples
+    from llmtrain.train.align.config import SFTSection
+
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    path = tmp_path / "data.jsonl"
+    section = validate_section(SFTSection, {"data": [{"path": str(path)}]})
+    path.write_text(f"{good}\n{{broken\n")
+    with pytest.raises(InputDataError) as err:
+        load_examples(section, "sft", method="sft", seed=0)
+    assert str(err.value) == (
+        f"{path}:2: invalid JSON (Expecting property name enclosed in double quotes at column "
+        "2); fix the line, or set sft.on_bad_record: skip to skip and count such lines"
+    )
+    path.write_bytes(good.encode() + b"\n" + b'{"text": "\xff"}\n')
+    with pytest.raises(InputDataError) as err:
+        load_examples(section, "sft", method="sft", seed=0)
+    assert str(err.value) == (
+        f"{path}:2: not valid UTF-8 at byte offset {len(good) + 11}; convert the file to UTF-8"
+    )

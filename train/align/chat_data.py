@@ -259,6 +259,8 @@ def read_examples(
             on_error=on_bad_record,
             stats=read_stats,
             split=split,  # type: ignore[arg-type]
+            skip_key=f"{where.split('.')[0]}.on_bad_record",
+            encoding_key=None,  # UTF-8 only
         ):
             stats.records += 1
             try:
