@@ -4,6 +4,8 @@
                            seed=1234)
     for batch in batches:               # LongTensor [micro_batch_size, seq_len + 1], forever
         ...
+    # document_positions=True: PackedWindows(tokens, positions) instead, positions restarting
+    # at 0 at each document start (from the shards' .idx offsets) and at the window's start
     state = batches.state_dict()        # small JSON-able dict, saved with a checkpoint
     batches.load_state_dict(state)      # the next batch is the one that would have come next
 
@@ -14,7 +16,8 @@
 A source's training tokens (its train shards, in manifest order) are one stream; window k of
 the source is tokens [k * seq_len, k * seq_len + seq_len + 1), so consecutive windows share
 one token and every token is a target once per epoch. Windows run across document
-boundaries (documents are separated by EOS). Which source the next window comes from is
+boundaries (documents are separated by EOS; with `document_positions` each batch also says
+where they start, for document masking). Which source the next window comes from is
 decided by `Blend` with the manifest's weights (token shares match the weights to within one
 window); within a source the windows of each epoch come in the order of a `Permutation`
 keyed by (seed, source, epoch), so a small source repeats with a fresh order each epoch and a
@@ -32,7 +35,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,13 +43,23 @@ from llmtrain.errors import StageInputError
 
 from .manifest import read_manifest, shards_of
 from .sampling import Blend, Permutation
-from .shards import dtype_from_name, open_tokens
+from .shards import INDEX_DTYPE, dtype_from_name, open_tokens
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainBatches", "read_manifest", "validation_batches"]
+__all__ = ["PackedWindows", "TrainBatches", "read_manifest", "validation_batches"]
 
 STATE_VERSION = 1
+
+
+class PackedWindows(NamedTuple):
+    """A micro-batch with its document boundaries (loaders given document_positions=True)."""
+
+    tokens: Any
+    """LongTensor [micro_batch_size, seq_len + 1], as without document positions."""
+    positions: Any
+    """LongTensor of the same shape: each token's position in its document, 0 at a document's
+    first token and at the window's first token."""
 
 
 @dataclass
@@ -57,6 +70,7 @@ class _Stream:
     shards: list[np.memmap]
     ends: np.ndarray  # cumulative token counts of the shards
     seq_len: int
+    offsets: list[np.memmap] | None = None  # the shards' document offsets (.idx), when asked
 
     @property
     def tokens(self) -> int:
@@ -81,9 +95,37 @@ class _Stream:
             written += len(piece)
             shard += 1
 
+    def positions(self, k: int, out: np.ndarray) -> None:
+        """Write the positions of window k's tokens in their documents into `out` (seq_len + 1
+        values): counting restarts at every document start of the shards' .idx offsets and at
+        the window's first token."""
+        assert self.offsets is not None, "stream opened without document offsets"
+        start = k * self.seq_len
+        stop = start + len(out)
+        starts = [np.zeros(1, dtype=np.int64)]
+        shard = int(np.searchsorted(self.ends, start, side="right"))
+        while shard < len(self.ends):
+            shard_start = int(self.ends[shard - 1]) if shard else 0
+            if shard_start >= stop:
+                break
+            offsets = self.offsets[shard]
+            lo = int(np.searchsorted(offsets, max(start - shard_start, 0), side="right"))
+            hi = int(np.searchsorted(offsets, stop - shard_start, side="left"))
+            starts.append(offsets[lo:hi].astype(np.int64) + (shard_start - start))
+            if shard_start > start:  # the shard's first document starts inside the window
+                starts.append(np.array([shard_start - start], dtype=np.int64))
+            shard += 1
+        document_starts = np.unique(np.concatenate(starts))
+        index = np.arange(len(out))
+        out[:] = index - document_starts[np.searchsorted(document_starts, index, "right") - 1]
+
 
 def _open_streams(
-    build_dir: Path, manifest: dict[str, Any], split: str, seq_len: int
+    build_dir: Path,
+    manifest: dict[str, Any],
+    split: str,
+    seq_len: int,
+    document_positions: bool = False,
 ) -> list[_Stream]:
     dtype = dtype_from_name(manifest["dtype"])
     streams = []
@@ -91,8 +133,31 @@ def _open_streams(
         shards = shards_of(manifest, split, source["name"])
         maps = [open_tokens(build_dir / shard["path"], dtype) for shard in shards]
         ends = np.cumsum([shard["tokens"] for shard in shards], dtype=np.int64)
-        streams.append(_Stream(source["name"], maps, ends, seq_len))
+        offsets = None
+        if document_positions:
+            offsets = [
+                np.memmap(build_dir / shard["index"], dtype=INDEX_DTYPE, mode="r")
+                for shard in shards
+            ]
+        streams.append(_Stream(source["name"], maps, ends, seq_len, offsets))
     return streams
+
+
+def _batch(
+    streams: list[_Stream], picks: list[tuple[int, int]], seq_len: int, document_positions: bool
+) -> Any:
+    """The micro-batch of (source, window) picks: a LongTensor, or PackedWindows."""
+    import torch
+
+    batch = np.empty((len(picks), seq_len + 1), dtype=np.int64)
+    for row, (source, window) in enumerate(picks):
+        streams[source].window(window, batch[row])
+    if not document_positions:
+        return torch.from_numpy(batch)
+    positions = np.empty_like(batch)
+    for row, (source, window) in enumerate(picks):
+        streams[source].positions(window, positions[row])
+    return PackedWindows(torch.from_numpy(batch), torch.from_numpy(positions))
 
 
 def _check_sizes(seq_len: int, micro_batch_size: int, rank: int, world_size: int) -> None:
@@ -117,8 +182,11 @@ class TrainBatches:
         world_size: int = 1,
         seed: int = 0,
         resume_on_changed_data: bool = False,
+        document_positions: bool = False,
     ):
         _check_sizes(seq_len, micro_batch_size, rank, world_size)
+        self.document_positions = document_positions
+        """Yield PackedWindows (tokens and positions in their documents) instead of tokens."""
         self.resume_on_changed_data = resume_on_changed_data
         """load_state_dict continues on a data build whose training shards changed since the
         state was saved (instead of refusing it)."""
@@ -129,7 +197,7 @@ class TrainBatches:
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
-        streams = _open_streams(self.build_dir, self.manifest, "train", seq_len)
+        streams = _open_streams(self.build_dir, self.manifest, "train", seq_len, document_positions)
         weights = [float(source["weight"]) for source in self.manifest["sources"]]
         for stream, weight in zip(streams, weights, strict=True):
             if weight > 0 and stream.windows == 0:
@@ -160,8 +228,6 @@ class TrainBatches:
         return self
 
     def __next__(self) -> Any:
-        import torch
-
         mbs = self.micro_batch_size
         picks = [self._draw() for _ in range(mbs * self.world_size)]
         mine = picks[self.rank * mbs : (self.rank + 1) * mbs]
@@ -175,10 +241,8 @@ class TrainBatches:
                 chosen = rows[epochs == epoch]
                 permutation = self._permutation(int(source), int(epoch))
                 windows[chosen] = permutation(positions[epochs == epoch])
-        batch = np.empty((mbs, self.seq_len + 1), dtype=np.int64)
-        for row in range(mbs):
-            self._streams[sources[row]].window(int(windows[row]), batch[row])
-        return torch.from_numpy(batch)
+        picks = [(int(source), int(window)) for source, window in zip(sources, windows)]
+        return _batch(self._streams, picks, self.seq_len, self.document_positions)
 
     def _draw(self) -> tuple[int, int]:
         """(source, windows drawn from it before) for the next window of the global stream."""
@@ -296,8 +360,10 @@ def validation_batches(
     rank: int = 0,
     world_size: int = 1,
     max_batches: int | None = None,
+    document_positions: bool = False,
 ) -> Iterator[Any]:
-    """The validation split as micro-batches for one rank: finite, the same on every call.
+    """The validation split as micro-batches for one rank: finite, the same on every call
+    (PackedWindows with `document_positions`, as TrainBatches).
 
     Each source's validation windows are read once, in order, interleaved across sources by
     the manifest's weights (a source that runs out drops out). Only whole micro-steps over all
@@ -307,7 +373,7 @@ def validation_batches(
     _check_sizes(seq_len, micro_batch_size, rank, world_size)
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
-    streams = _open_streams(build_dir, manifest, "validation", seq_len)
+    streams = _open_streams(build_dir, manifest, "validation", seq_len, document_positions)
     windows = sum(stream.windows for stream in streams)
     per_step = micro_batch_size * world_size
     steps = windows // per_step
@@ -323,7 +389,9 @@ def validation_batches(
     if max_batches is not None:
         steps = min(steps, max_batches)
     weights = [float(s["weight"]) for s in manifest["sources"]]
-    return _iter_validation(streams, weights, steps, micro_batch_size, rank, world_size)
+    return _iter_validation(
+        streams, weights, steps, micro_batch_size, rank, world_size, document_positions
+    )
 
 
 def _validation_order(streams: list[_Stream], weights: list[float]) -> Iterator[tuple[int, int]]:
@@ -352,15 +420,11 @@ def _iter_validation(
     micro_batch_size: int,
     rank: int,
     world_size: int,
+    document_positions: bool,
 ) -> Iterator[Any]:
-    import torch
-
     order = _validation_order(streams, weights)
     seq_len = streams[0].seq_len
     for _ in range(steps):
         step = list(itertools.islice(order, micro_batch_size * world_size))
         mine = step[rank * micro_batch_size : (rank + 1) * micro_batch_size]
-        batch = np.empty((micro_batch_size, seq_len + 1), dtype=np.int64)
-        for row, (source, window) in enumerate(mine):
-            streams[source].window(window, batch[row])
-        yield torch.from_numpy(batch)
+        yield _batch(streams, mine, seq_len, document_positions)

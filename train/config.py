@@ -261,6 +261,9 @@ class PretrainSection(Section):
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     liger: bool = False
     """Liger fused kernels (RMSNorm, SwiGLU, RoPE); needs liger-kernel and a CUDA GPU."""
+    document_masking: bool = False
+    """A token attends only within its own document of the packed window, positions restart
+    at each document (clm only; train/packing.py)."""
     peak_tflops: float | None = Field(default=None, gt=0)
     """Peak TFLOP/s of one device for MFU; default from the table of known GPUs (CPUs: set it
     to report MFU)."""

@@ -56,6 +56,7 @@ from llmtrain.train.objectives import (
     token_loss_sum,
 )
 from llmtrain.train.optim import build_scheduler, param_groups
+from llmtrain.train.packing import DocumentMasking, check_document_masking
 from llmtrain.train.stage_run import StageRun
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ def prepare(recipe: Any) -> Setup:
     family, name = model_family(model_section)
     objective_name = section.objective_for(family)
     check_objective_fits(objective_name, family, name)
+    if section.document_masking:
+        check_document_masking(objective_name)
     check_precision(section.precision, "pretrain")
     plan = Plan(
         objective=objective_name,
@@ -192,6 +195,8 @@ def prepare(recipe: Any) -> Setup:
         section=section,
         model_config=model.config,
     )
+    if section.document_masking:
+        objective = DocumentMasking(objective)
     longest = objective.lengths.inputs if objective_name == "span" else data.seq_len
     check_positions(model.config, longest, seq_len=data.seq_len, data_dir=data.data_dir)
     from llmtrain.data_pipeline.loader import TrainBatches, validation_batches
@@ -204,6 +209,7 @@ def prepare(recipe: Any) -> Setup:
         world_size=env.world_size,
         seed=seed,
         resume_on_changed_data=section.resume_on_changed_data,
+        document_positions=section.document_masking,
     )
     check_enough_data(
         train_batches.num_windows, section.global_batch_size, data.data_dir, data.seq_len
@@ -498,6 +504,7 @@ class PretrainLoop:
                 rank=plan.rank,
                 world_size=plan.world_size,
                 max_batches=per_process,
+                document_positions=self.section.document_masking,
             )
         )
         loss_sum = 0.0

@@ -1,0 +1,181 @@
+"""Pretraining switches of issue 17: document masking, Muon, float8 (refused without a GPU)."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from llmtrain.data_pipeline.loader import PackedWindows, TrainBatches, validation_batches
+from llmtrain.data_pipeline.manifest import shards_of
+from llmtrain.data_pipeline.shards import read_offsets
+from llmtrain.errors import RecipeError
+from llmtrain.recipe import load_recipe
+from llmtrain.train.objectives import CausalLM
+from llmtrain.train.packing import DocumentMasking
+from llmtrain.train.pretrain import run_pretrain
+from tests.pretrain_support import build_data, curve, read_records, write_pretrain_recipe
+
+SEQ_LEN = 64
+
+
+@pytest.fixture(scope="module")
+def clm_data(tiny_tokenizer_dir, tmp_path_factory):
+    return build_data(tmp_path_factory.mktemp("clm-data"), tiny_tokenizer_dir, SEQ_LEN)
+
+
+# ---------------------------------------------------------------------------- document masking
+
+
+def test_document_positions_restart_at_the_idx_offsets_and_leave_the_batches_unchanged(clm_data):
+    plain = TrainBatches(clm_data, seq_len=SEQ_LEN, micro_batch_size=4, seed=3)
+    packed = TrainBatches(
+        clm_data, seq_len=SEQ_LEN, micro_batch_size=4, seed=3, document_positions=True
+    )
+    # the document starts of the training stream, from the shards' .idx files
+    starts, base = set(), 0
+    for shard in shards_of(plain.manifest, "train"):
+        starts.update(int(offset) + base for offset in read_offsets(clm_data / shard["index"]))
+        base += shard["tokens"]
+    stream = plain._streams[0]
+    restarts = 0
+    for _ in range(5):
+        tokens = next(plain)
+        batch = next(packed)
+        assert isinstance(batch, PackedWindows)
+        assert torch.equal(batch.tokens, tokens)
+        assert batch.positions.shape == tokens.shape
+    assert packed.state_dict() == plain.state_dict()  # the data position is the same
+    # every window of the stream: position 0 exactly at document starts and the window's start
+    for k in range(stream.windows):
+        positions = torch.empty(SEQ_LEN + 1, dtype=torch.int64).numpy()
+        packed._streams[0].positions(k, positions)
+        for i, position in enumerate(positions.tolist()):
+            at_start = i == 0 or k * SEQ_LEN + i in starts
+            assert position == (0 if at_start else positions[i - 1] + 1)
+            restarts += i > 0 and at_start
+    # each document start inside the windows' span is met once (window k holds tokens
+    # [k * SEQ_LEN, (k + 1) * SEQ_LEN]: a start on a multiple of SEQ_LEN is the last token of
+    # the previous window and counted there)
+    assert restarts == sum(0 < s <= stream.windows * SEQ_LEN for s in starts) > 20
+    # a resumed loader continues with the same windows and positions
+    state = packed.state_dict()
+    expected = next(packed)
+    resumed = TrainBatches(
+        clm_data, seq_len=SEQ_LEN, micro_batch_size=4, seed=3, document_positions=True
+    )
+    resumed.load_state_dict(state)
+    got = next(resumed)
+    assert torch.equal(got.tokens, expected.tokens)
+    assert torch.equal(got.positions, expected.positions)
+    validation = next(
+        iter(
+            validation_batches(
+                clm_data, seq_len=SEQ_LEN, micro_batch_size=2, document_positions=True
+            )
+        )
+    )
+    assert validation.positions[:, 0].tolist() == [0, 0]
+
+
+def tiny_llama(attn: str) -> torch.nn.Module:
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        use_cache=False,
+        attn_implementation=attn,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2(attn: str) -> torch.nn.Module:
+    config = GPT2Config(
+        vocab_size=97,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        use_cache=False,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    config._attn_implementation = attn
+    return GPT2LMHeadModel(config)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gpt2])
+def test_a_document_packed_after_another_has_its_logits_alone(make_model, attn):
+    torch.manual_seed(0)
+    model = make_model(attn).train()  # as in training: dropout is 0 in these configs
+    first = torch.randint(3, 97, (11,))
+    second = torch.randint(3, 97, (17,))
+    tokens = torch.cat([first, second, torch.tensor([5])]).unsqueeze(0)  # + the last label
+    positions = torch.cat([torch.arange(11), torch.arange(18)]).unsqueeze(0)
+    inputs = DocumentMasking(CausalLM()).prepare(PackedWindows(tokens, positions), None)
+    assert inputs.inputs["position_ids"].tolist() == [list(range(11)) + list(range(17))]
+    with torch.no_grad():
+        packed = model(**inputs.inputs).logits[0]
+        alone_first = model(input_ids=first.unsqueeze(0)).logits[0]
+        alone_second = model(input_ids=second.unsqueeze(0)).logits[0]
+        unmasked = model(input_ids=inputs.inputs["input_ids"]).logits[0]
+    torch.testing.assert_close(packed[:11], alone_first, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[11:], alone_second, rtol=1e-5, atol=1e-5)
+    # without document masking the second document sees the first: the logits differ
+    assert (unmasked[11:] - alone_second).abs().max() > 1e-3
+
+
+TRAIN = """
+    steps: 40
+    global_batch_size: 16
+    micro_batch_size: 8
+    precision: fp32
+    lr: 3.0e-3
+    warmup_steps: 4
+    log_every: 10
+    eval_every: 20
+    eval_batches: 4
+    save_every: 20
+"""
+
+
+def test_pretraining_with_document_masking_learns_and_resumes_exactly(clm_data, tmp_path):
+    def recipe(name: str):
+        return write_pretrain_recipe(
+            tmp_path / f"{name}.yaml",
+            output_dir=tmp_path / name,
+            data=clm_data,
+            model="preset: llama-tiny",
+            pretrain=TRAIN + "    schedule: constant\n    document_masking: true\n",
+        )
+
+    whole = run_pretrain(load_recipe(recipe("whole")))
+    val = curve(read_records(whole.run_dir), "val_loss")
+    assert [step for step, _ in val] == [0, 20, 40]
+    assert val[-1][1] < val[0][1] - 0.8, val
+    # a run of 20 steps resumed to 40 takes steps 21-40 exactly as the uninterrupted run
+    path = recipe("split")
+    run_pretrain(load_recipe(path, ["pretrain.steps=20"]))
+    resumed = run_pretrain(load_recipe(path), resume=True)
+    losses = [r for r in curve(read_records(whole.run_dir), "loss", "val_loss") if r[0] > 20]
+    again = [r for r in curve(read_records(resumed.run_dir), "loss", "val_loss") if r[0] > 20]
+    assert again == losses and len(losses) == 2
+
+
+def test_document_masking_is_refused_for_the_encoder_objectives(clm_data, tmp_path):
+    path = write_pretrain_recipe(
+        tmp_path / "recipe.yaml",
+        output_dir=tmp_path / "out",
+        data=clm_data,
+        model="preset: bert-tiny",
+        pretrain="steps: 5\nobjective: mlm\ndocument_masking: true\n",
+    )
+    with pytest.raises(RecipeError) as err:
+        run_pretrain(load_recipe(path))
+    assert str(err.value).startswith("pretrain.document_masking: supported for the clm objective")
