@@ -1,8 +1,8 @@
 """Exact and near dedup on Ray, as a partitioned shuffle (the same result as `dedup.deduplicate`).
 
-    exact:  map (a task per run of files)      their digests, split by digest into P partitions
+    exact:  map (a task per range of documents) their digests, split by digest into P partitions
             reduce (one task per partition)    the ids whose digest appeared at an earlier id
-    near:   map (a task per run of files)      band keys of their candidates, split by key into P
+    near:   map (a task per range of documents) band keys of their candidates, split by key into P
                                                partitions (a bucket lands whole in one)
             reduce (one task per partition)    per band, each member paired with the earliest
                                                of its bucket; pairs checked on the signatures
@@ -41,9 +41,15 @@ from .scan import ScanOutput
 
 SIGNATURE_BLOCK = 1 << 15
 """Documents whose signatures a near-dedup map task reads at a time."""
+MAP_DOCUMENTS = 1 << 16
 MAP_TASKS = 1024
-"""Most map tasks per shuffle (each takes a run of scanned files): the driver owns
-map tasks x partitions objects."""
+"""A map task takes a range of at least MAP_DOCUMENTS consecutive documents (across files),
+so its memory follows that range, not the files; ranges grow past it to keep at most
+MAP_TASKS maps (the driver owns maps x partitions objects)."""
+
+Piece = tuple[str, int, int, int]
+"""Part of a map's range in one scanned file: (directory, the file's first id, start, stop)
+with start and stop within the file."""
 
 
 def _split(partition: np.ndarray, partitions: int, *columns: np.ndarray) -> list[tuple]:
@@ -61,15 +67,16 @@ def _returns(parts: list[tuple]) -> Any:
     return parts[0] if len(parts) == 1 else parts
 
 
-def exact_map(group: list[tuple[str, int]], partitions: int) -> Any:
-    """(digests, ids) of a run of scanned files ((directory, first id) each), per partition
-    of the digest."""
-    digests = np.concatenate([ScanOutput(Path(d)).array("exact") for d, _ in group])
-    ids = np.concatenate(
-        [s + np.arange(ScanOutput(Path(d)).documents, dtype=np.int64) for d, s in group]
-    )
-    head = np.frombuffer(digests.tobytes(), dtype="<u8")[0::2]  # digests are uniform
-    return _returns(_split(head % np.uint64(partitions), partitions, digests, ids))
+def exact_map(pieces: list[Piece], partitions: int) -> Any:
+    """(digests, ids) of a range of documents, per partition of the digest."""
+    digests = [np.zeros(0, dtype="S16")]
+    ids = [np.zeros(0, dtype=np.int64)]
+    for directory, first, start, stop in pieces:
+        digests.append(ScanOutput(Path(directory)).array("exact")[start:stop])
+        ids.append(first + np.arange(start, stop, dtype=np.int64))
+    digest, ident = np.concatenate(digests), np.concatenate(ids)
+    head = np.frombuffer(digest.tobytes(), dtype="<u8")[0::2]  # digests are uniform
+    return _returns(_split(head % np.uint64(partitions), partitions, digest, ident))
 
 
 def exact_reduce(*parts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -81,17 +88,19 @@ def exact_reduce(*parts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def near_map(
-    group: list[tuple[str, int]], status: np.ndarray, bands: int, rows: int, partitions: int
+    pieces: list[Piece], status: np.ndarray, bands: int, rows: int, partitions: int
 ) -> Any:
     """(band, key, id) of every band of every candidate (kept by exact dedup, with words) of a
-    run of scanned files ((directory, first id) each; `status` covers them), per partition of
-    the key; ids ascending within each band."""
+    range of documents (`status` covers the range), per partition of the key; ids ascending
+    within each band."""
     band_parts, key_parts, id_parts = [], [], []
-    first = group[0][1]
-    for directory, start in group:
+    offset = 0  # of the piece in `status`
+    for directory, first, start, stop in pieces:
         output = ScanOutput(Path(directory))
-        part = status[start - first : start - first + output.documents]
-        local = np.flatnonzero((part == KEPT) & output.array("shingled").astype(bool))
+        part = status[offset : offset + stop - start]
+        offset += stop - start
+        shingled = output.array("shingled")[start:stop].astype(bool)
+        local = start + np.flatnonzero((part == KEPT) & shingled)
         for lo in range(0, local.size, SIGNATURE_BLOCK):
             chosen = local[lo : lo + SIGNATURE_BLOCK]
             block = output.signature_block(int(chosen[0]), int(chosen[-1]) + 1)
@@ -99,14 +108,14 @@ def near_map(
             for band in range(bands):
                 band_parts.append(np.full(chosen.size, band, dtype=np.uint16))
                 key_parts.append(band_keys(signatures, band, rows))
-                id_parts.append(start + chosen)
+                id_parts.append(first + chosen)
     if not band_parts:
         empty = (np.zeros(0, np.uint16), np.zeros(0, np.uint64), np.zeros(0, np.int64))
         return _returns([empty] * partitions)
     band = np.concatenate(band_parts)
     key = np.concatenate(key_parts)
     ids = np.concatenate(id_parts)
-    order = np.argsort(band, kind="stable")  # by band, then (files, blocks in order) by id
+    order = np.argsort(band, kind="stable")  # by band, then (pieces, blocks in order) by id
     band, key, ids = band[order], key[order], ids[order]
     return _returns(_split(key % np.uint64(partitions), partitions, band, key, ids))
 
@@ -146,14 +155,10 @@ def deduplicate(
     counts = [output.documents for _, output in files]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     status = np.full(int(starts[-1]), KEPT, dtype=np.uint8)
-    # map tasks over runs of files, so that maps x partitions objects stay few
-    groups = [
-        [(directories[f], int(starts[f])) for f in run]
-        for run in np.array_split(np.arange(len(files)), min(len(files), MAP_TASKS))
-    ]
-    spans = [
-        (g[0][1], int(starts[f + 1])) for g, f in zip(groups, _last_files(groups), strict=True)
-    ]
+    total = int(starts[-1])
+    size = max(MAP_DOCUMENTS, -(-total // MAP_TASKS))
+    spans = [(lo, min(lo + size, total)) for lo in range(0, total, size)] or [(0, 0)]
+    groups = [_pieces(directories, starts, lo, hi) for lo, hi in spans]
     stats: dict[str, Any] = {}
     options = {"num_returns": partitions, "max_retries": 3}
     if settings.exact.enabled:
@@ -194,9 +199,18 @@ def deduplicate(
     return status, stats
 
 
-def _last_files(groups: list[list]) -> list[int]:
-    """The index of the last file of each group (groups are consecutive runs of files)."""
-    return list(np.cumsum([len(g) for g in groups]) - 1)
+def _pieces(directories: list[str], starts: np.ndarray, lo: int, hi: int) -> list[Piece]:
+    """The parts of the files that documents [lo, hi) lie in."""
+    pieces = []
+    for f in range(int(np.searchsorted(starts, lo, side="right")) - 1, len(directories)):
+        if starts[f] >= hi:
+            break
+        start, stop = max(lo, int(starts[f])), min(hi, int(starts[f + 1]))
+        if stop > start:
+            pieces.append(
+                (directories[f], int(starts[f]), start - int(starts[f]), stop - int(starts[f]))
+            )
+    return pieces
 
 
 def _map_progress(maps: list, partitions: int, spans: list[tuple[int, int]]) -> dict:

@@ -127,7 +127,7 @@ def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
 
     from llmtrain.data_pipeline import ray_dedup
 
-    monkeypatch.setattr(ray_dedup, "MAP_TASKS", 2)  # map tasks over runs of files, too
+    monkeypatch.setattr(ray_dedup, "MAP_DOCUMENTS", 50)  # maps over parts of files, too
     cluster, _ = ray_cluster
     tmp, local = local_build
     kills = [
