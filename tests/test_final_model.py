@@ -128,3 +128,45 @@ def test_refresh_after_eval_adds_the_results(tmp_path):
     card = (final / "README.md").read_text()
     assert "| arithmetic | exact_match | 0.88 |" in card and "| arithmetic | n | 100 |" in card
     assert "No evaluation results yet" not in card
+
+
+def test_grpo_rollouts_feed_one_new_token_per_step(rl_policy, tmp_path, monkeypatch):
+    """Even from a model whose generation config says use_cache false (as every final/ did
+    before), GRPO's generation runs with the KV cache."""
+    import shutil
+
+    from transformers.models.llama import modeling_llama
+
+    from llmtrain.recipe import load_recipe
+    from llmtrain.train.align.grpo import run_grpo
+    from tests.align_support import run_args
+    from tests.rl_support import rl_recipe
+
+    policy = shutil.copytree(rl_policy, tmp_path / "policy")
+    path = policy / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "use_cache": False}))
+    calls: list[list[int]] = []  # the lengths fed to the model in each generate call
+    forward, generate = modeling_llama.LlamaModel.forward, modeling_llama.LlamaForCausalLM.generate
+
+    def recording_forward(self, input_ids=None, **kwargs):
+        if calls and calls[-1] is not None and input_ids is not None:
+            calls[-1].append(input_ids.shape[1])
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    def recording_generate(self, *args, **kwargs):
+        calls.append([])
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            calls.append(None)  # forwards after this one are not generation
+
+    monkeypatch.setattr(modeling_llama.LlamaModel, "forward", recording_forward)
+    monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "generate", recording_generate)
+    recipe = rl_recipe(
+        tmp_path / "grpo", "grpo", policy, max_steps=1, global_batch_size=8, micro_batch_size=8
+    )
+    run_grpo(load_recipe(recipe), run_args())
+    generations = [lengths for lengths in calls if lengths]
+    assert generations  # the rollout generated
+    for prompt, *steps in generations:  # the prompts at once, then one token per step
+        assert prompt > 1 and steps and set(steps) == {1}, generations
