@@ -96,7 +96,7 @@ def test_pretrain_resume_takes_the_new_lr_and_refuses_a_new_batch_shape(clm_data
     assert yaml.safe_load(config)["pretrain"]["lr"] == 0.0001
 
 
-def test_sft_resume_takes_the_new_lr(tmp_path, tiny_causal_lm_dir):
+def test_sft_resume_takes_the_new_lr_and_continues_num_tokens(tmp_path, tiny_causal_lm_dir):
     data = write_sft_data(tmp_path)
 
     def recipe(lr):
@@ -118,6 +118,8 @@ def test_sft_resume_takes_the_new_lr(tmp_path, tiny_causal_lm_dir):
 
     run_sft(recipe(1e-3), run_args())
     run_dir = tmp_path / "out" / "sft"
+    straight = read_metrics(run_dir / "metrics.jsonl")
+    straight_tokens = {r["step"]: r["num_tokens"] for r in straight if "num_tokens" in r}
     shutil.rmtree(run_dir / "checkpoints" / "step-6")
     shutil.rmtree(run_dir / "final")
     trainer = run_sft(recipe(1e-4), run_args(resume=True))
@@ -125,6 +127,9 @@ def test_sft_resume_takes_the_new_lr(tmp_path, tiny_causal_lm_dir):
     records = read_metrics(run_dir / "metrics.jsonl")
     lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
     assert [lrs[step] for step in range(1, 7)] == pytest.approx([1e-3] * 3 + [1e-4] * 3)
+    # issue 18.7: num_tokens continues from the checkpoint's count (it restarted from zero)
+    tokens = {r["step"]: r["num_tokens"] for r in records if "num_tokens" in r}
+    assert tokens == straight_tokens and tokens[4] > tokens[3]
     assert [r["resumed"] for r in records if "resumed" in r] == [
         {"sft.lr": {"from": 0.001, "to": 0.0001}}
     ]

@@ -33,6 +33,7 @@ Heavy imports (torch, transformers, TRL) happen inside functions: the CLI import
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -263,6 +264,8 @@ class AlignRun(StageRun):
                 from llmtrain.train.checkpoint import weights_only_torch_load
 
                 guard = weights_only_torch_load()
+        if self.resume_from is not None:
+            load_token_count(trainer, self.resume_from)
         try:
             with guard:
                 return trainer.train(
@@ -419,6 +422,31 @@ def tracker_callback(tracker: Tracker, guard: NonfiniteSteps | None = None) -> A
     return TrackerCallback()
 
 
+TOKEN_COUNT_FILE = "num_tokens.json"
+
+
+def save_token_count(trainer: Any, checkpoint: Path) -> None:
+    """TRL's running `num_tokens` into a checkpoint (TRL keeps it outside its saved state, so
+    a resumed run would count from zero)."""
+    from llmtrain.compat import add_train_tokens
+
+    try:
+        total = add_train_tokens(trainer, 0)
+    except AttributeError:  # a trainer that counts no tokens
+        return
+    (checkpoint / TOKEN_COUNT_FILE).write_text(json.dumps({"num_tokens": total}) + "\n")
+
+
+def load_token_count(trainer: Any, checkpoint: Path) -> None:
+    """Continue TRL's `num_tokens` from the count saved in `checkpoint` (if any)."""
+    from llmtrain.compat import add_train_tokens
+
+    path = checkpoint / TOKEN_COUNT_FILE
+    if path.is_file():
+        with contextlib.suppress(AttributeError):
+            add_train_tokens(trainer, json.loads(path.read_text())["num_tokens"])
+
+
 class RunDirCheckpoints:
     """Trainer mixin: checkpoints become <run dir>/checkpoints/step-N when complete, and weight
     decay follows our rule (every TRL-backed trainer of ours takes this mixin).
@@ -444,6 +472,7 @@ class RunDirCheckpoints:
         self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
         if self.args.should_save:  # type: ignore[attr-defined]
             written = Path(self.args.output_dir) / f"checkpoint-{step}"  # type: ignore[attr-defined]
+            save_token_count(self, written)
             with atomic_path(self.run_dir.checkpoint_dir(step)) as tmp:
                 os.replace(written, tmp)
             self.run_dir.prune_checkpoints(self.keep_last)
