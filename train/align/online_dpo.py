@@ -101,20 +101,14 @@ def online_dpo_trainer_class() -> type:
             policy = completion_log_probs(model, inputs, self.temperature)
             mask = inputs["completion_mask"]
             reference = (inputs["ref_per_token_logps"] * mask).sum(1)
-            pairs = torch.tensor([chosen, rejected], dtype=torch.long, device=policy.device)
             if chosen:
-                losses = dpo_pair_loss(
-                    policy[pairs], reference[pairs], self.dpo_beta, self.dpo_loss_type
-                )
+                pairs = torch.tensor([chosen, rejected], device=policy.device)
+                policy, reference = policy[pairs], reference[pairs]  # (chosen/rejected, pair)
+                losses = dpo_pair_loss(policy, reference, self.dpo_beta, self.dpo_loss_type)
                 # a mean over the micro-batch's pairs, a tied pair counting 0
                 loss = losses.sum() / (mask.size(0) // 2)
-                margins = (
-                    self.dpo_beta
-                    * (
-                        (policy[chosen] - reference[chosen])
-                        - (policy[rejected] - reference[rejected])
-                    ).detach()
-                )
+                ratios = (policy - reference).detach()
+                margins = self.dpo_beta * (ratios[0] - ratios[1])
             else:
                 loss = policy.sum() * 0.0  # every pair tied: no preference, no update
                 margins = policy.new_zeros(0)
