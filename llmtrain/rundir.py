@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +155,31 @@ class RunDir:
             enable_kv_cache(tmp)
             write_model_card(tmp, self.path)
         return self.final_dir
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def disk_errors(directory: Path) -> Iterator[None]:
+    """A full disk or a directory that cannot be written while a stage writes `directory`
+    becomes one RunDirError naming it (not a traceback from deep inside a save)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE + NOT_WRITABLE:
+            raise
+        writing = f" (writing {exc.filename})" if exc.filename else ""
+        if exc.errno in NO_SPACE:
+            raise RunDirError(
+                f"{directory}: no space left on its disk{writing}; free space or set output_dir "
+                "to a larger disk, then continue with --resume"
+            ) from exc
+        raise RunDirError(
+            f"{directory}: cannot write there ({exc.strerror}){writing}; make it writable or "
+            "set output_dir to a writable directory"
+        ) from exc
 
 
 def enable_kv_cache(model_dir: Path) -> None:

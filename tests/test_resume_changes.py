@@ -181,3 +181,67 @@ def test_a_truncated_checkpoint_or_one_of_another_shape_gives_one_message(clm_da
         "written for another model shape; resume from another checkpoint (--resume PATH) or "
         "start again with --overwrite"
     )
+
+
+def test_disk_full_while_checkpointing_gives_one_message_and_the_resume_cleans_up(
+    clm_data, tmp_path, monkeypatch
+):
+    """Issue 18.7: a full disk (simulated: writing optimizer.pt raises ENOSPC) gives one message
+    naming the run directory; the partial .step-3.tmp goes when the run is started again."""
+    import errno
+
+    import torch
+
+    from llmtrain.errors import RunDirError
+
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run_dir = tmp_path / "out" / "pretrain"
+    recipe = _pretrain_recipe(tmp_path, clm_data, 0.001)
+    with pytest.raises(RunDirError) as err:
+        run_pretrain(load_recipe(recipe))
+    partial = run_dir / "checkpoints" / ".step-3.tmp"
+    assert str(err.value) == (
+        f"{run_dir}: no space left on its disk (writing {partial / 'optimizer.pt'}); free space "
+        "or set output_dir to a larger disk, then continue with --resume"
+    )
+    assert partial.is_dir()
+    monkeypatch.setattr(torch, "save", real_save)
+    run_pretrain(load_recipe(recipe))  # no checkpoint was complete: a plain start
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-3", "step-6"]
+
+
+def test_an_output_directory_that_cannot_be_written_gives_one_message(
+    tmp_path, tiny_causal_lm_dir, monkeypatch
+):
+    """Issue 18.7: a read-only output directory (simulated: creating in it raises EROFS, as
+    root ignores permissions) gives one message naming the run directory."""
+    import errno
+    from pathlib import Path
+
+    from llmtrain.errors import RunDirError
+
+    data = write_sft_data(tmp_path)
+    section = {"model": str(tiny_causal_lm_dir), "data": [{"path": str(data)}], **FAST}
+    recipe = load_recipe(write_recipe_file(tmp_path, {"sft": section}))
+    out = tmp_path / "out"
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == out or out in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(RunDirError) as err:
+        run_sft(recipe, run_args())
+    assert str(err.value) == (
+        f"{out / 'sft'}: cannot write there (Read-only file system) (writing {out}); make it "
+        "writable or set output_dir to a writable directory"
+    )

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from llmtrain.errors import RunDirError
+from llmtrain.rundir import disk_errors
 from llmtrain.train import checkpoint as ckpt
 from llmtrain.train.engine import DeepSpeedEngine, PlainEngine
 from llmtrain.train.nonfinite import NonfiniteSteps, nonfinite_final_error, weights_finite
@@ -109,13 +110,14 @@ class TrainingLoop:
         run.start(resume=resume, overwrite=overwrite)
         tracker = run.tracker
         try:
-            if run.resume_from is not None:
-                self.load_checkpoint(run.resume_from)
-            record = self.method.start_record()
-            if record and run.resume_from is None:
-                tracker.log(0, record)
-            self._loop(tracker)
-            return self.write_final()
+            with disk_errors(self.run_dir.path):  # disk full, not writable: one message
+                if run.resume_from is not None:
+                    self.load_checkpoint(run.resume_from)
+                record = self.method.start_record()
+                if record and run.resume_from is None:
+                    tracker.log(0, record)
+                self._loop(tracker)
+                return self.write_final()
         finally:
             tracker.close()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.errors import StageInputError
-from llmtrain.rundir import RunDir
+from llmtrain.rundir import RunDir, disk_errors
 from llmtrain.runtime import dist_env, seed_everything
 from llmtrain.tracking import Tracker
 
@@ -70,10 +70,11 @@ class StageRun:
         )
         config_yaml = self.resumed_config(config_yaml)
         barrier()
-        if self.env.is_main:
-            self.run_dir.start(config_yaml, resume=resume, overwrite=overwrite)
-        barrier()
-        self.start_tracker(step_of(self.resume_from))
+        with disk_errors(self.run_dir.path):
+            if self.env.is_main:
+                self.run_dir.start(config_yaml, resume=resume, overwrite=overwrite)
+            barrier()
+            self.start_tracker(step_of(self.resume_from))
         if self.resume_changes and self.tracker is not None:
             changed = {
                 key: {"from": old, "to": new} for key, (old, new) in self.resume_changes.items()

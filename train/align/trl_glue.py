@@ -42,7 +42,7 @@ from typing import Any
 
 from llmtrain.atomic import atomic_path
 from llmtrain.errors import InputDataError, RecipeError
-from llmtrain.rundir import RunDir
+from llmtrain.rundir import RunDir, disk_errors
 from llmtrain.tracking import Tracker
 from llmtrain.train.checkpoint import LOAD_ERRORS, unreadable_checkpoint
 from llmtrain.train.nonfinite import (
@@ -267,7 +267,7 @@ class AlignRun(StageRun):
         if self.resume_from is not None:
             load_token_count(trainer, self.resume_from)
         try:
-            with guard:
+            with guard, disk_errors(self.run_dir.path):
                 return trainer.train(
                     resume_from_checkpoint=str(self.resume_from) if self.resume_from else None
                 )
@@ -280,7 +280,13 @@ class AlignRun(StageRun):
             if self.tracker is not None:
                 self.tracker.close()
 
-    def save_final(
+    def save_final(self, trainer: Any, tokenizer: Any, **kwargs: Any) -> Path:
+        """Write final/ (see write_final); a full disk or a directory that cannot be written
+        gives one message naming the run directory."""
+        with disk_errors(self.run_dir.path):
+            return self.write_final(trainer, tokenizer, **kwargs)
+
+    def write_final(
         self,
         trainer: Any,
         tokenizer: Any,
