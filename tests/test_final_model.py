@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from llmtrain.model_card import INTENDED_USE
@@ -130,15 +131,17 @@ def test_refresh_after_eval_adds_the_results(tmp_path):
     assert "No evaluation results yet" not in card
 
 
-def test_grpo_rollouts_feed_one_new_token_per_step(rl_policy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_rollouts_feed_one_new_token_per_step(rl_policy, tmp_path, monkeypatch, method):
     """Even from a model whose generation config says use_cache false (as every final/ did
-    before), GRPO's generation runs with the KV cache."""
+    before), GRPO's and PPO's rollouts generate with the KV cache."""
     import shutil
 
     from transformers.models.llama import modeling_llama
 
     from llmtrain.recipe import load_recipe
     from llmtrain.train.align.grpo import run_grpo
+    from llmtrain.train.align.ppo import run_ppo
     from tests.align_support import run_args
     from tests.rl_support import rl_recipe
 
@@ -162,10 +165,11 @@ def test_grpo_rollouts_feed_one_new_token_per_step(rl_policy, tmp_path, monkeypa
 
     monkeypatch.setattr(modeling_llama.LlamaModel, "forward", recording_forward)
     monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "generate", recording_generate)
-    recipe = rl_recipe(
-        tmp_path / "grpo", "grpo", policy, max_steps=1, global_batch_size=8, micro_batch_size=8
-    )
-    run_grpo(load_recipe(recipe), run_args())
+    sizes = {"global_batch_size": 8, "micro_batch_size": 8}
+    if method == "ppo":
+        sizes |= {"rollout_batch_size": 8, "ppo_epochs": 1, "eval_every": 0, "save_every": 0}
+    recipe = load_recipe(rl_recipe(tmp_path / method, method, policy, max_steps=1, **sizes))
+    (run_grpo if method == "grpo" else run_ppo)(recipe, run_args())
     generations = [lengths for lengths in calls if lengths]
     assert generations  # the rollout generated
     for prompt, *steps in generations:  # the prompts at once, then one token per step
