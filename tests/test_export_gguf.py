@@ -107,7 +107,8 @@ def test_llama_metadata_and_f32_tensors_equal_the_weights(tiny_causal_lm_dir, tm
     assert meta["tokenizer.ggml.eos_token_id"] == vocab["<|endoftext|>"]
     assert meta["tokenizer.ggml.eot_token_id"] == vocab["<|im_end|>"]
     assert meta["tokenizer.ggml.padding_token_id"] == vocab["<|pad|>"]
-    assert "tokenizer.ggml.bos_token_id" not in meta  # the tokenizer has none
+    # the tokenizer has no bos: eos stands in (llama.cpp's default would be token 11), unadded
+    assert meta["tokenizer.ggml.bos_token_id"] == vocab["<|endoftext|>"]
     assert meta["tokenizer.ggml.add_bos_token"] is False
     assert meta["tokenizer.chat_template"] == tokenizer.chat_template
 

@@ -138,7 +138,9 @@ def gguf_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
         tokens=tokens,
         token_types=types,
         merges=merges,
-        bos_id=bos,
+        # no bos: the eos, which begins every document of our data builds (documents are
+        # joined by it); left out, llama.cpp would take token 11 for its bos
+        bos_id=bos if bos is not None else eos,
         eos_id=eos,
         eot_id=end_of_turn_token_id(tokenizer),
         pad_id=tokenizer.pad_token_id,
