@@ -49,6 +49,8 @@ class ShardInfo:
     tokens: int
     documents: int
     sha256: str
+    max_id: int
+    """The largest token id in the shard (pretraining checks it against the vocabulary)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +61,7 @@ class ShardWriter:
 
         with ShardWriter(path, dtype) as writer:
             writer.add(ids)
-        writer.tokens, writer.documents, writer.sha256
+        writer.tokens, writer.documents, writer.sha256, writer.max_id
 
     The files appear under their names only when the `with` block ends without an error and
     at least one document was written; nothing is left behind otherwise.
@@ -72,6 +74,8 @@ class ShardWriter:
         self.tokens = 0
         self.documents = 0
         self.sha256 = ""
+        self.max_id = -1
+        """The largest token id written (-1: none yet)."""
         self._hash = hashlib.sha256()
         self._offsets: list[int] = [0]
 
@@ -85,6 +89,8 @@ class ShardWriter:
         data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
         self._file.write(data)
         self._hash.update(data)
+        if len(ids):
+            self.max_id = max(self.max_id, int(np.max(ids)))
         self.tokens += len(ids)
         self.documents += 1
         self._offsets.append(self.tokens)
@@ -94,6 +100,8 @@ class ShardWriter:
         data = np.ascontiguousarray(flat, dtype=self.dtype).tobytes()
         self._file.write(data)
         self._hash.update(data)
+        if len(flat):
+            self.max_id = max(self.max_id, int(np.max(flat)))
         ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
         self._offsets.extend(int(e) for e in ends)
         self.tokens += int(len(flat))

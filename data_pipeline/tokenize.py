@@ -219,6 +219,7 @@ def shard_entry(task: ShardTask, writer: Any) -> dict:
         tokens=writer.tokens,
         documents=writer.documents,
         sha256=writer.sha256,
+        max_id=writer.max_id,
     ).to_dict()
 
 

@@ -293,3 +293,51 @@ def test_sft_data_errors_name_the_keys_the_sft_section_has(tmp_path):
     assert str(err.value) == (
         f"{path}:2: not valid UTF-8 at byte offset {len(good) + 11}; convert the file to UTF-8"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18.5: token ids past the model's vocabulary
+
+
+def test_a_shard_with_ids_past_the_vocabulary_is_named_before_training(
+    tiny_tokenizer_dir, tmp_path
+):
+    """The build records each shard's largest id; pretraining refuses a shard whose ids do not
+    fit the model's embeddings (it was an IndexError mid-run, a device assert on a GPU)."""
+    import numpy as np
+
+    from llmtrain.data_pipeline.manifest import read_manifest
+    from llmtrain.data_pipeline.shards import ShardWriter, dtype_from_name, open_tokens
+    from llmtrain.train.pretrain import run_pretrain
+    from tests.pretrain_support import build_data, write_pretrain_recipe
+
+    data = build_data(tmp_path / "data", tiny_tokenizer_dir, 64)
+    manifest = read_manifest(data)
+    dtype = dtype_from_name(manifest["dtype"])
+    for shard in manifest["shards"]:
+        assert shard["max_id"] == int(np.max(open_tokens(data / shard["path"], dtype)))
+
+    # one shard rewritten as a build with a larger tokenizer would have written it
+    shard = manifest["shards"][0]
+    ids = np.array(open_tokens(data / shard["path"], dtype))
+    ids[5] = 1000
+    with ShardWriter(data / shard["path"], dtype) as writer:
+        writer.add(ids)
+    shard.update(documents=1, sha256=writer.sha256, max_id=writer.max_id)
+    assert writer.max_id == 1000
+    (data / "manifest.json").write_text(json.dumps(manifest))
+
+    recipe = write_pretrain_recipe(
+        tmp_path / "recipe.yaml",
+        output_dir=tmp_path / "out",
+        data=data,
+        model="preset: llama-tiny",
+        pretrain="steps: 2\nglobal_batch_size: 8\nmicro_batch_size: 8\nprecision: fp32",
+    )
+    with pytest.raises(StageInputError) as err:
+        run_pretrain(load_recipe(recipe))
+    assert str(err.value) == (
+        f"{data / shard['path']}: holds token id 1000, but the model's vocabulary has 512 ids "
+        "(0-511); the shard was written with another tokenizer or is damaged: rebuild the data "
+        "with the model's tokenizer (`llmtrain data RECIPE --overwrite`)"
+    )

@@ -91,6 +91,21 @@ def check_objective_fits(objective: str, family: str, model_name: str) -> None:
         )
 
 
+def check_token_ids(manifest: dict[str, Any], vocab_rows: int, data_dir: Path) -> None:
+    """Every shard's largest token id (recorded by the build) must be a row of the model's
+    embeddings; an id past it would index out of range (a device assert on a GPU). Shards of
+    builds that predate the record are not checked."""
+    for shard in manifest["shards"]:
+        max_id = shard.get("max_id")
+        if max_id is not None and max_id >= vocab_rows:
+            raise StageInputError(
+                f"{data_dir / shard['path']}: holds token id {max_id}, but the model's "
+                f"vocabulary has {vocab_rows} ids (0-{vocab_rows - 1}); the shard was written "
+                "with another tokenizer or is damaged: rebuild the data with the model's "
+                "tokenizer (`llmtrain data RECIPE --overwrite`)"
+            )
+
+
 def check_positions(model_config: Any, tokens: int, *, seq_len: int, data_dir: Path) -> None:
     """The model must accept the longest sequence it will be given."""
     from llmtrain.train.models import max_positions

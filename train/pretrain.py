@@ -43,6 +43,7 @@ from llmtrain.train.inputs import (
     check_enough_data,
     check_objective_fits,
     check_positions,
+    check_token_ids,
     grad_accum_steps,
     resolve_data,
 )
@@ -199,6 +200,7 @@ def prepare(recipe: Any) -> Setup:
         objective = DocumentMasking(objective)
     longest = objective.lengths.inputs if objective_name == "span" else data.seq_len
     check_positions(model.config, longest, seq_len=data.seq_len, data_dir=data.data_dir)
+    check_token_ids(data.manifest, model.get_input_embeddings().num_embeddings, data.data_dir)
     from llmtrain.data_pipeline.loader import TrainBatches, validation_batches
 
     train_batches = TrainBatches(
