@@ -9,7 +9,9 @@ from llmtrain.data_pipeline.manifest import shards_of
 from llmtrain.data_pipeline.shards import read_offsets
 from llmtrain.errors import RecipeError
 from llmtrain.recipe import load_recipe
+from llmtrain.train.muon import build_muon, hidden_matrix_names
 from llmtrain.train.objectives import CausalLM
+from llmtrain.train.optim import param_groups
 from llmtrain.train.packing import DocumentMasking
 from llmtrain.train.pretrain import run_pretrain
 from tests.pretrain_support import build_data, curve, read_records, write_pretrain_recipe
@@ -179,3 +181,90 @@ def test_document_masking_is_refused_for_the_encoder_objectives(clm_data, tmp_pa
     with pytest.raises(RecipeError) as err:
         run_pretrain(load_recipe(path))
     assert str(err.value).startswith("pretrain.document_masking: supported for the clm objective")
+
+
+# ---------------------------------------------------------------------------- Muon
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    names = hidden_matrix_names(model)
+    assert names == [
+        f"model.layers.{layer}.{proj}.weight"
+        for layer in range(2)
+        for proj in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
+    section = load_section(optimizer="muon", muon_lr=0.05, lr=1e-3, weight_decay=0.1)
+    optimizer = build_muon(model, param_groups(model, 0.1), section, fused=None)
+    muon_params = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
+    params = dict(model.named_parameters())
+    assert muon_params == {id(params[name]) for name in names}
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-3, 0.05]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0, 0.1]
+    # the untied head is decayed by AdamW; embeddings and norms are not decayed
+    assert [id(p) for p in optimizer.adamw.param_groups[0]["params"]] == [id(model.lm_head.weight)]
+
+
+def load_section(**values):
+    from llmtrain.train.config import PretrainSection
+
+    return PretrainSection(steps=10, **values)
+
+
+def test_pretraining_with_muon_learns_and_resumes_exactly(clm_data, tmp_path):
+    def recipe(name: str):
+        return write_pretrain_recipe(
+            tmp_path / f"{name}.yaml",
+            output_dir=tmp_path / name,
+            data=clm_data,
+            model="preset: llama-tiny",
+            pretrain=TRAIN + "    schedule: constant\n    optimizer: muon\n    muon_lr: 0.02\n",
+        )
+
+    whole = run_pretrain(load_recipe(recipe("whole")))
+    records = read_records(whole.run_dir)
+    val = curve(records, "val_loss")
+    assert val[-1][1] < val[0][1] - 0.8, val
+    assert all(lr == 3.0e-3 for _, lr in curve(records, "lr") if _ > 4)  # AdamW's lr logged
+    path = recipe("split")
+    run_pretrain(load_recipe(path, ["pretrain.steps=20"]))
+    resumed = run_pretrain(load_recipe(path), resume=True)
+    losses = [r for r in curve(records, "loss", "grad_norm", "val_loss") if r[0] > 20]
+    again = [r for r in curve(read_records(resumed.run_dir), "loss", "grad_norm", "val_loss")]
+    assert [r for r in again if r[0] > 20] == losses and len(losses) == 2
+
+
+def test_muon_is_refused_under_deepspeed(clm_data, tmp_path):
+    path = write_pretrain_recipe(
+        tmp_path / "recipe.yaml",
+        output_dir=tmp_path / "out",
+        data=clm_data,
+        model="preset: llama-tiny",
+        pretrain="steps: 5\nglobal_batch_size: 16\nmicro_batch_size: 8\nprecision: fp32\n"
+        "optimizer: muon\ndeepspeed: {zero_stage: 2}\n",
+    )
+    with pytest.raises(RecipeError) as err:
+        run_pretrain(load_recipe(path))
+    assert str(err.value) == (
+        "pretrain.optimizer muon does not run under DeepSpeed ZeRO: ZeRO gives the optimizer "
+        "flat 1-D partitions of the parameters and Muon orthogonalises whole weight matrices; "
+        "remove pretrain.deepspeed (DDP) or use optimizer: adamw"
+    )
+    assert not (tmp_path / "out" / "pretrain").exists()

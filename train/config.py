@@ -232,6 +232,14 @@ class PretrainSection(Section):
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
     eps: float = Field(default=1e-8, gt=0)
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw; or muon: torch's Muon for the hidden weight matrices at muon_lr, AdamW (lr,
+    betas, eps) for embeddings, output head, norms and biases (train/muon.py; not under
+    DeepSpeed)."""
+    muon_lr: float = Field(default=0.02, gt=0)
+    """Peak learning rate of Muon's matrices (optimizer: muon; the schedule scales it as lr)."""
+    muon_momentum: float = Field(default=0.95, ge=0, lt=1)
+    """Muon's momentum (Nesterov)."""
     grad_clip: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value (null: no clipping)."""
     mlm: MLMSection = MLMSection()

@@ -275,17 +275,25 @@ def build_engine(
     """The engine of a stage's trainable `model`: DeepSpeed ZeRO when `ds_config` is given (see
     engine_deepspeed_config), else accelerate (one process or DDP); the optimizer is AdamW over
     `groups` (optim.param_groups: decay on weight matrices only), DeepSpeed's CPU Adam when the
-    config offloads optimizer states. `section` gives lr, beta1, beta2, eps, grad_clip and compile."""
-    from llmtrain.train.optim import build_optimizer
+    config offloads optimizer states; Muon + AdamW with `section.optimizer: muon` (train/muon.py).
+    `section` gives lr, beta1, beta2, eps, grad_clip and compile."""
+    from llmtrain.train.optim import build_optimizer, fused_available
 
-    optimizer = build_optimizer(
-        groups,
-        lr=section.lr,
-        betas=(section.beta1, section.beta2),
-        eps=section.eps,
-        device=accelerator.device,
-        cpu_adam=offloads_optimizer(ds_config),
-    )
+    if getattr(section, "optimizer", "adamw") == "muon":  # pretraining's choice (train/muon.py)
+        from llmtrain.train.muon import build_muon, check_muon
+
+        check_muon(ds_config)
+        fused = fused_available(accelerator.device) or None
+        optimizer: Any = build_muon(model, groups, section, fused=fused)
+    else:
+        optimizer = build_optimizer(
+            groups,
+            lr=section.lr,
+            betas=(section.beta1, section.beta2),
+            eps=section.eps,
+            device=accelerator.device,
+            cpu_adam=offloads_optimizer(ds_config),
+        )
     compile_model = bool(getattr(section, "compile", False))
     if ds_config is not None:
         engine = DeepSpeedEngine(model, optimizer, ds_config)

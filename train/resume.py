@@ -21,6 +21,7 @@ from llmtrain.errors import RecipeError
 RESUMABLE = frozenset(
     {
         "lr",
+        "muon_lr",
         "schedule",
         "warmup_steps",
         "warmup_ratio",
