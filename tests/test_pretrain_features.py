@@ -7,8 +7,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from llmtrain.data_pipeline.loader import PackedWindows, TrainBatches, validation_batches
 from llmtrain.data_pipeline.manifest import shards_of
 from llmtrain.data_pipeline.shards import read_offsets
-from llmtrain.errors import RecipeError
+from llmtrain.errors import RecipeError, StageInputError
 from llmtrain.recipe import load_recipe
+from llmtrain.train.float8 import float8_refusal
 from llmtrain.train.muon import build_muon, hidden_matrix_names
 from llmtrain.train.objectives import CausalLM
 from llmtrain.train.optim import param_groups
@@ -268,3 +269,61 @@ def test_muon_is_refused_under_deepspeed(clm_data, tmp_path):
         "remove pretrain.deepspeed (DDP) or use optimizer: adamw"
     )
     assert not (tmp_path / "out" / "pretrain").exists()
+
+
+# ---------------------------------------------------------------------------- float8
+
+
+def test_float8_is_refused_on_a_cpu_and_on_older_gpus(clm_data, tmp_path):
+    path = write_pretrain_recipe(
+        tmp_path / "recipe.yaml",
+        output_dir=tmp_path / "out",
+        data=clm_data,
+        model="preset: llama-tiny",
+        pretrain="steps: 5\nglobal_batch_size: 16\nmicro_batch_size: 8\nfloat8: true\n",
+    )
+    with pytest.raises(StageInputError) as err:
+        run_pretrain(load_recipe(path))
+    assert str(err.value) == (
+        "pretrain.float8: float8 training needs a CUDA GPU with float8 tensor cores (compute "
+        "capability 9.0 or newer: H100, H200, B200) and this machine has no CUDA GPU; set "
+        "float8: false"
+    )
+    assert not (tmp_path / "out" / "pretrain").exists()
+    assert float8_refusal(cuda=True, capability=(8, 0), precision="bf16") == (
+        "pretrain.float8: float8 training needs compute capability 9.0 or newer (H100, H200, "
+        "B200); this GPU has 8.0; set float8: false"
+    )
+    assert float8_refusal(cuda=True, capability=(9, 0), precision="fp32").startswith(
+        "pretrain.float8: float8 training runs under bf16 autocast"
+    )
+    assert float8_refusal(cuda=True, capability=(9, 0), precision="bf16") is None
+
+
+def test_plan_says_what_float8_changes_or_why_it_is_refused():
+    from llmtrain.recipe import validate_recipe
+    from llmtrain.train.plan import format_plan, make_plan
+
+    recipe = validate_recipe(
+        {
+            "name": "p",
+            "output_dir": "out",
+            "model": {"preset": "llama-tiny", "vocab_size": 576},
+            "pretrain": {"steps": 10, "float8": True},
+        }
+    )
+    on_h100 = format_plan(make_plan(recipe, gpu="H100"))
+    assert "\nfloat8      block Linear matmuls in float8 (torchao, tensorwise scales)" in on_h100
+    on_a100 = format_plan(make_plan(recipe, gpu="A100"))
+    assert "\nfloat8      refused on A100: float8 training needs compute capability 9.0+" in (
+        on_a100
+    )
+    without = validate_recipe(
+        {
+            "name": "p",
+            "output_dir": "out",
+            "model": {"preset": "llama-tiny", "vocab_size": 576},
+            "pretrain": {"steps": 10},
+        }
+    )
+    assert "float8" not in format_plan(make_plan(without, gpu="H100"))

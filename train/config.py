@@ -269,6 +269,8 @@ class PretrainSection(Section):
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     liger: bool = False
     """Liger fused kernels (RMSNorm, SwiGLU, RoPE); needs liger-kernel and a CUDA GPU."""
+    float8: bool = False
+    """torchao's float8 linear layers (bf16, CUDA compute capability 9.0+; train/float8.py)."""
     document_masking: bool = False
     """A token attends only within its own document of the packed window, positions restart
     at each document (clm only; train/packing.py)."""

@@ -319,6 +319,8 @@ class Plan:
     peak_tflops: float | None
     total_flops: float
     wall_hours: float | None
+    float8: str = ""
+    """With pretrain.float8: what it changes on the planned GPU, or why it is refused."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -389,6 +391,7 @@ def make_plan(
     peak_tflops: float | None = None,
 ) -> Plan:
     from llmtrain.train import flops
+    from llmtrain.train.float8 import plan_line
     from llmtrain.train.models import max_positions, objective_of_family
     from llmtrain.train.objectives import span_lengths
 
@@ -472,6 +475,7 @@ def make_plan(
         peak_tflops=peak_per_s / 1e12 if peak_per_s else None,
         total_flops=total_flops,
         wall_hours=wall,
+        float8=plan_line(gpu, precision) if section and section.float8 else "",
     )
 
 
@@ -549,6 +553,8 @@ def format_plan(plan: Plan) -> str:
             f"time        unknown: no peak TFLOP/s for {plan.gpu} at {plan.precision} "
             "(pass --peak-tflops)"
         )
+    if plan.float8:
+        lines.append(plan.float8)
     capacity = f"{plan.gpu_memory_gib:.0f} GiB" if plan.gpu_memory_gib else "unknown memory"
     lines += [
         "",

@@ -38,6 +38,7 @@ from llmtrain.train.engine import (
     no_grad_eval,
     release_accelerator,
 )
+from llmtrain.train.float8 import apply_float8
 from llmtrain.train.inputs import (
     DataInputs,
     check_enough_data,
@@ -266,6 +267,8 @@ def prepare_model_for_speed(model: torch.nn.Module, section: Any) -> None:
         )
     if section.liger:
         apply_liger(model)
+    if section.float8:
+        apply_float8(model, section.precision)
 
 
 def apply_liger(model: torch.nn.Module) -> None:
