@@ -109,24 +109,33 @@ def test_unpaired_records_and_pairs_and_their_errors(tmp_path):
     )
 
 
-def test_kto_needs_good_and_bad_examples(sft_arithmetic, tmp_path):
-    sft_recipe, _ = sft_arithmetic
-    train, held = write_unpaired_data(tmp_path)
+def _good_only_recipe(sft_recipe, folder):
+    train, held = write_unpaired_data(folder)
     good_only = [r for r in map(json.loads, train.read_text().splitlines()) if r["label"]]
     write_jsonl(train, good_only)
-    recipe = load_recipe(
-        write_recipe_file(tmp_path, {"kto": _kto_section(sft_recipe, train, held)})
-    )
-    message = (
-        "kto: the training data has no bad (label: false) examples; KTO learns from both kinds "
-        "(for good examples alone, use sft)"
-    )
+    return load_recipe(write_recipe_file(folder, {"kto": _kto_section(sft_recipe, train, held)}))
+
+
+NO_BAD_EXAMPLES = (
+    "kto: the training data has no bad (label: false) examples; KTO learns from both kinds "
+    "(for good examples alone, use sft)"
+)
+
+
+def test_kto_needs_good_and_bad_examples(sft_arithmetic, tmp_path):
+    recipe = _good_only_recipe(sft_arithmetic[0], tmp_path)
     with pytest.raises(InputDataError) as err:
         run_kto(recipe, run_args())
-    assert str(err.value) == message
-    # the same through the command the registry declares: exit status 2, no traceback
+    assert str(err.value) == NO_BAD_EXAMPLES
+    assert not recipe.stage_dir("kto").exists()
+
+
+@pytest.mark.slow  # a fresh process imports torch, transformers and TRL (~20 s here)
+def test_the_align_command_reports_it_without_traceback(sft_arithmetic, tmp_path):
+    """The same through the command the registry declares: exit status 2, no traceback."""
+    recipe = _good_only_recipe(sft_arithmetic[0], tmp_path)
     result = run_cli("align", "--method", "kto", str(recipe.source))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"llmtrain: error: {message}"
+    assert result.stderr.strip().splitlines()[-1] == f"llmtrain: error: {NO_BAD_EXAMPLES}"
     assert "Traceback" not in result.stderr
     assert not recipe.stage_dir("kto").exists()
