@@ -8,7 +8,7 @@ import pytest
 from llmtrain.errors import RecipeError
 from llmtrain.recipe import load_recipe, validate_section
 from llmtrain.rundir import read_metrics
-from llmtrain.train.align.grpo import run_gspo, run_rloo
+from llmtrain.train.align.grpo import run_grpo, run_gspo, run_rloo
 from llmtrain.train.align.rl_config import GRPOSection, GSPOSection
 from tests.align_support import assert_resume_repeats, run_args
 from tests.rl_support import greedy_reward, rl_recipe
@@ -63,3 +63,24 @@ def test_gspo_and_rloo_sections(rl_policy, tmp_path):
         )
     with pytest.raises(RecipeError, match=r"rloo.loss_type"):
         load_recipe(rl_recipe(tmp_path / "r2", "rloo", rl_policy, loss_type="dapo"))
+
+
+def test_on_policy_gspo_takes_grpos_step(rl_policy, tmp_path):
+    """With one update per generated batch the sequence ratio is 1 and GSPO's gradient is
+    GRPO's (loss_type grpo, same beta): the first step's loss and gradient norm agree. (Later
+    steps drift apart by rounding, which Adam amplifies in weights with tiny gradients.)"""
+    common = dict(max_steps=1, save_every=0, num_iterations=1, loss_type="grpo", epsilon=0.2)
+    grpo = load_recipe(rl_recipe(tmp_path / "grpo", "grpo", rl_policy, **common))
+    gspo = load_recipe(rl_recipe(tmp_path / "gspo", "gspo", rl_policy, **common, epsilon_high=0.2))
+    run_grpo(grpo, run_args())
+    run_gspo(gspo, run_args())
+
+    def first_step(recipe, method):
+        return next(
+            r for r in read_metrics(recipe.stage_dir(method) / "metrics.jsonl") if "loss" in r
+        )
+
+    ours, theirs = first_step(gspo, "gspo"), first_step(grpo, "grpo")
+    assert ours["reward"] == theirs["reward"]
+    assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
+    assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5, abs=1e-8)
