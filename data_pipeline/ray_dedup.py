@@ -41,6 +41,9 @@ from .scan import ScanOutput
 
 SIGNATURE_BLOCK = 1 << 15
 """Documents whose signatures a near-dedup map task reads at a time."""
+MAX_RETRIES = 3
+"""Times Ray runs a task again after its worker or node died (errors in our code are not
+retried: they would fail again)."""
 MAP_DOCUMENTS = 1 << 16
 MAP_TASKS = 1024
 """A map task takes a range of at least MAP_DOCUMENTS consecutive documents (across files),
@@ -160,12 +163,12 @@ def deduplicate(
     spans = [(lo, min(lo + size, total)) for lo in range(0, total, size)] or [(0, 0)]
     groups = [_pieces(directories, starts, lo, hi) for lo, hi in spans]
     stats: dict[str, Any] = {}
-    options = {"num_returns": partitions, "max_retries": 3}
+    options = {"num_returns": partitions, "max_retries": MAX_RETRIES}
     if settings.exact.enabled:
         mapper = ray.remote(exact_map).options(**options)
         maps = [mapper.remote(g, partitions) for g in groups]
         run("dedup exact map", _map_progress(maps, partitions, spans), fetch=False)
-        reducer = ray.remote(exact_reduce).options(max_retries=3)
+        reducer = ray.remote(exact_reduce).options(max_retries=MAX_RETRIES)
         reduces = {
             reducer.remote(*[_part(m, p, partitions) for m in maps]): (0, f"partition {p}")
             for p in range(partitions)
@@ -183,7 +186,7 @@ def deduplicate(
             for g, (lo, hi) in zip(groups, spans, strict=True)
         ]
         run("dedup near map", _map_progress(maps, partitions, spans), fetch=False)
-        reducer = ray.remote(near_reduce).options(max_retries=3)
+        reducer = ray.remote(near_reduce).options(max_retries=MAX_RETRIES)
         reduces = {}
         for p in range(partitions):
             ref = reducer.remote(

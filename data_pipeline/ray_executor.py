@@ -30,14 +30,11 @@ from llmtrain.errors import InputDataError, LLMTrainError, RecipeError
 from . import ray_dedup
 from .config import DedupSection, RaySection
 from .executor import StepProgress
+from .ray_dedup import MAX_RETRIES
 from .scan import ScanContext, ScanJob, ScanOutput, init_worker, scan_file
 from .tokenize import ShardTask, TokenizerInfo, init_encoder, write_shard
 
 log = logging.getLogger("llmtrain.data")
-
-MAX_RETRIES = 3
-"""Times Ray runs a task again after its worker or node died (errors in our code are not
-retried: they would fail again)."""
 
 
 def import_ray() -> Any:
