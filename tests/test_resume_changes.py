@@ -245,3 +245,16 @@ def test_an_output_directory_that_cannot_be_written_gives_one_message(
         f"{out / 'sft'}: cannot write there (Read-only file system) (writing {out}); make it "
         "writable or set output_dir to a writable directory"
     )
+
+
+def test_a_setting_another_version_added_is_not_a_change():
+    """A config.yaml written before a key existed (or after it was removed) resumes: only keys
+    both recipes hold are compared; the seed and the model section count too."""
+    from llmtrain.train.resume import resume_changes
+
+    old = "seed: 1\nmodel: {hidden_size: 64}\npretrain: {lr: 0.1, steps: 5}\n"
+    new = "seed: 2\nmodel: {hidden_size: 32}\npretrain: {lr: 0.1, steps: 5, optimizer: adamw}\n"
+    assert resume_changes(old, new, ("pretrain", "model")) == {
+        "seed": (1, 2),
+        "model.hidden_size": (64, 32),
+    }

@@ -51,15 +51,16 @@ HISTORY_PREFIX = "# resumed at step "
 
 def resume_changes(old_yaml: str, new_yaml: str, sections: tuple[str, ...]) -> dict[str, Any]:
     """{"<section>.<key>": (old, new)} for every setting of `sections` (and the recipe's seed)
-    that differs between the run's config.yaml and the recipe it resumes with."""
+    that differs between the run's config.yaml and the recipe it resumes with. A key only one
+    of them has (a setting added or removed by another llmtrain version) is not a change."""
     old, new = yaml.safe_load(old_yaml) or {}, yaml.safe_load(new_yaml) or {}
     changes: dict[str, Any] = {}
     if old.get("seed") != new.get("seed"):
         changes["seed"] = (old.get("seed"), new.get("seed"))
     for name in sections:
         before, after = old.get(name) or {}, new.get(name) or {}
-        for key in sorted(set(before) | set(after)):
-            if before.get(key) != after.get(key):
+        for key in sorted(set(before) & set(after)):
+            if before[key] != after[key]:
                 changes[f"{name}.{key}"] = (before.get(key), after.get(key))
     return changes
 
