@@ -108,7 +108,7 @@ def llama_complete(binary: Path, gguf: Path, prompt: str, max_new_tokens: int) -
         capture_output=True,
         check=True,
     )
-    text = result.stdout.decode("utf-8")
+    text = result.stdout.decode("utf-8", errors="replace")  # as tokenizer.decode does
     if not text.startswith(prompt) or not text.endswith("\n"):
         raise RuntimeError(f"unexpected llama-simple output: {text[:200]!r}")
     return text[len(prompt) : -1]
@@ -214,9 +214,14 @@ def greedy_completions(final: Path, prompts: list[str], max_new_tokens: int) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmtrain.chat import end_of_turn_token_id
+
     tokenizer = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
-    stops = set(model.generation_config.eos_token_id)
+    eos = model.generation_config.eos_token_id
+    # llama.cpp stops at every end-of-generation token of the GGUF: eos and end of turn
+    stops = {*([eos] if isinstance(eos, int) else eos or []), tokenizer.eos_token_id}
+    stops.add(end_of_turn_token_id(tokenizer))
     out = []
     with torch.no_grad():
         for prompt in prompts:
