@@ -26,6 +26,12 @@ TRL trainer needs: its arguments, datasets, LoRA, callbacks, checkpoints and fin
   `build_deepspeed_config`, with batch sizes, precision and clipping taken from the section.
 - **final/**: safetensors + tokenizer (+ chat template) + generation config whose eos ids include
   the chat end-of-turn token; LoRA runs write the adapter to <run dir>/adapter and merge it.
+- **Guards** (shared with the loop shell): a step with a non-finite gradient is skipped and
+  `max_nonfinite_steps` in a row stop the run (`nonfinite_callback`); no checkpoint or final/
+  from non-finite weights; on `--resume` the recipe's lr and schedule apply
+  (`recipe_lr_callback`), TRL's `num_tokens` continues (`num_tokens.json` in each checkpoint)
+  and a checkpoint that cannot be loaded gives one message; a full disk or an unwritable run
+  directory gives one message.
 
 Heavy imports (torch, transformers, TRL) happen inside functions: the CLI imports the package.
 """
@@ -279,6 +285,54 @@ class AlignRun(StageRun):
         finally:
             if self.tracker is not None:
                 self.tracker.close()
+
+    def fit(
+        self,
+        trainer_class: type,
+        *,
+        model: Any,
+        config: Any,
+        tokenizer: Any,
+        train_rows: list[dict],
+        val_rows: list[dict],
+        peft_config: Any = None,
+        **trainer_kwargs: Any,
+    ) -> Any:
+        """Build `trainer_class` (one of our RunDirCheckpoints trainers) on this run's directory,
+        datasets, callbacks and LoRA settings (default: a causal LM's), train it, return it."""
+        trainer = trainer_class(
+            run_dir=self.run_dir,
+            keep_last=self.section.keep_last,
+            model=model,
+            args=config,
+            train_dataset=self.dataset(train_rows, "train"),
+            eval_dataset=self.dataset(val_rows, "validation") if val_rows else None,
+            processing_class=tokenizer,
+            callbacks=self.callbacks(),
+            peft_config=peft_config if peft_config is not None else self.peft_config("CAUSAL_LM"),
+            **trainer_kwargs,
+        )
+        self.train(trainer)
+        return trainer
+
+    def save_causal_lm(
+        self, trainer: Any, tokenizer: Any, *, template: str | None, model_dir: Path
+    ) -> Path:
+        """final/ of a chat model: the end-of-turn token of `template` among the eos ids; LoRA
+        adapters merged into the base model loaded again from `model_dir`."""
+        from transformers import AutoModelForCausalLM
+
+        from llmtrain.chat import end_of_turn_token_id
+
+        return self.save_final(
+            trainer,
+            tokenizer,
+            end_of_turn_id=end_of_turn_token_id(tokenizer, template) if template else None,
+            base_model_dir=model_dir,
+            load_base=lambda path: AutoModelForCausalLM.from_pretrained(
+                str(path), **self.model_kwargs(quantized=False)
+            ),
+        )
 
     def save_final(self, trainer: Any, tokenizer: Any, **kwargs: Any) -> Path:
         """Write final/ (see write_final); a full disk or a directory that cannot be written
