@@ -327,3 +327,24 @@ def test_plan_says_what_float8_changes_or_why_it_is_refused():
         }
     )
     assert "float8" not in format_plan(make_plan(without, gpu="H100"))
+
+
+def test_plan_counts_muon_parameters_and_refuses_it_under_zero():
+    from llmtrain.recipe import validate_recipe
+    from llmtrain.train.plan import format_plan, make_plan
+
+    def plan(**pretrain):
+        recipe = validate_recipe(
+            {
+                "name": "p",
+                "output_dir": "out",
+                "model": {"preset": "llama-tiny", "vocab_size": 576},
+                "pretrain": {"steps": 10, "optimizer": "muon", **pretrain},
+            }
+        )
+        return format_plan(make_plan(recipe, gpu="H100"))
+
+    # llama-tiny: 2 layers of q, o (64 x 64), k, v (64 x 32), gate, up, down (64 x 176)
+    per_layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 176
+    assert f"\noptimizer   muon on {2 * per_layer:,} hidden-matrix parameters" in plan()
+    assert "\noptimizer   muon: refused under DeepSpeed ZeRO-2" in plan(deepspeed={"zero_stage": 2})

@@ -39,6 +39,22 @@ def hidden_matrix_names(model: nn.Module) -> list[str]:
     ]
 
 
+def plan_line(model: nn.Module, zero_stage: int) -> str:
+    """What `llmtrain plan` says about optimizer: muon for this (meta-device) model."""
+    if zero_stage:
+        return (
+            f"optimizer   muon: refused under DeepSpeed ZeRO-{zero_stage} (flat 1-D partitions); "
+            "the recipe runs only with DDP (zero_stage 0)"
+        )
+    names = set(hidden_matrix_names(model))
+    hidden = sum(p.numel() for name, p in model.named_parameters() if name in names)
+    return (
+        f"optimizer   muon on {hidden:,} hidden-matrix parameters (one 4-byte momentum each "
+        f"instead of AdamW's two moments: {4 * hidden / 2**30:.2f} GiB less per GPU than the "
+        "ZeRO 0 row), AdamW on the rest"
+    )
+
+
 def check_muon(ds_config: dict[str, Any] | None, where: str = "pretrain") -> None:
     if ds_config is not None:
         raise RecipeError(

@@ -319,6 +319,8 @@ class Plan:
     peak_tflops: float | None
     total_flops: float
     wall_hours: float | None
+    muon: str = ""
+    """With pretrain.optimizer muon: its parameters and the optimizer memory it saves."""
     float8: str = ""
     """With pretrain.float8: what it changes on the planned GPU, or why it is refused."""
 
@@ -476,7 +478,18 @@ def make_plan(
         total_flops=total_flops,
         wall_hours=wall,
         float8=plan_line(gpu, precision) if section and section.float8 else "",
+        muon=_muon_line(config, objective, zero) if section and section.optimizer == "muon" else "",
     )
+
+
+def _muon_line(config: Any, objective: str, zero_stage: int) -> str:
+    import torch
+
+    from llmtrain.train.muon import plan_line as muon_plan_line
+
+    with torch.device("meta"):
+        model = _model_class(config, objective)(config)
+    return muon_plan_line(model, zero_stage)
 
 
 def _count_parameters(config: Any, model_class: type) -> tuple[Any, int]:
@@ -553,8 +566,7 @@ def format_plan(plan: Plan) -> str:
             f"time        unknown: no peak TFLOP/s for {plan.gpu} at {plan.precision} "
             "(pass --peak-tflops)"
         )
-    if plan.float8:
-        lines.append(plan.float8)
+    lines += [line for line in (plan.muon, plan.float8) if line]
     capacity = f"{plan.gpu_memory_gib:.0f} GiB" if plan.gpu_memory_gib else "unknown memory"
     lines += [
         "",
