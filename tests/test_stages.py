@@ -240,3 +240,12 @@ def test_no_module_imports_another_stage_package_internals():
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_every_registered_entry_imports():
+    import importlib
+
+    for kind in registry().values():
+        if kind.entry is not None:
+            module_name, function_name = kind.entry.split(":")
+            assert callable(getattr(importlib.import_module(module_name), function_name)), kind

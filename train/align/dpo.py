@@ -19,7 +19,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from llmtrain.chat import end_of_turn_token_id
 from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
@@ -153,27 +152,15 @@ def run_dpo(recipe: Any, args: Any) -> Any:
         padding_free=False,  # ours, see PaddingFreeForward
         disable_dropout=True,
     )
-    trainer = dpo_trainer_class()(
-        run_dir=run.run_dir,
-        keep_last=section.keep_last,
-        padding_free=section.padding_free,
+    trainer = run.fit(
+        dpo_trainer_class(),
         model=model,
+        config=config,
+        tokenizer=tokenizer,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        padding_free=section.padding_free,
         ref_model=ref_model,
-        args=config,
-        train_dataset=run.dataset(train_rows, "train"),
-        eval_dataset=run.dataset(val_rows, "validation") if val_rows else None,
-        processing_class=tokenizer,
-        callbacks=run.callbacks(),
-        peft_config=run.peft_config("CAUSAL_LM"),
     )
-    run.train(trainer)
-    run.save_final(
-        trainer,
-        tokenizer,
-        end_of_turn_id=end_of_turn_token_id(tokenizer, template) if template else None,
-        base_model_dir=model_dir,
-        load_base=lambda path: AutoModelForCausalLM.from_pretrained(
-            str(path), **run.model_kwargs(quantized=False)
-        ),
-    )
+    run.save_causal_lm(trainer, tokenizer, template=template, model_dir=model_dir)
     return trainer

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from llmtrain.chat import end_of_turn_token_id
 from llmtrain.errors import InputDataError
 from llmtrain.train.align.chat_data import load_examples, tokenize_unpaired
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
@@ -115,26 +114,14 @@ def run_kto(recipe: Any, args: Any) -> Any:
         precompute_ref_log_probs=section.precompute_ref_log_probs,
         disable_dropout=True,
     )
-    trainer = kto_trainer_class()(
-        run_dir=run.run_dir,
-        keep_last=section.keep_last,
+    trainer = run.fit(
+        kto_trainer_class(),
         model=model,
+        config=config,
+        tokenizer=tokenizer,
+        train_rows=train_rows,
+        val_rows=val_rows,
         ref_model=ref_model,
-        args=config,
-        train_dataset=run.dataset(train_rows, "train"),
-        eval_dataset=run.dataset(val_rows, "validation") if val_rows else None,
-        processing_class=tokenizer,
-        callbacks=run.callbacks(),
-        peft_config=run.peft_config("CAUSAL_LM"),
     )
-    run.train(trainer)
-    run.save_final(
-        trainer,
-        tokenizer,
-        end_of_turn_id=end_of_turn_token_id(tokenizer, template) if template else None,
-        base_model_dir=model_dir,
-        load_base=lambda path: AutoModelForCausalLM.from_pretrained(
-            str(path), **run.model_kwargs(quantized=False)
-        ),
-    )
+    run.save_causal_lm(trainer, tokenizer, template=template, model_dir=model_dir)
     return trainer

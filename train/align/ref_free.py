@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtrain.chat import end_of_turn_token_id
 from llmtrain.compat import add_train_tokens, trainer_metrics
 from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.dpo import PaddingFreeForward, dpo_trainer_class
@@ -151,30 +150,18 @@ def run_reference_free(recipe: Any, args: Any, method: str, loss_args: dict[str,
         disable_dropout=True,
         prediction_loss_only=True,
     )
-    trainer = reference_free_trainer_class()(
+    trainer = run.fit(
+        reference_free_trainer_class(),
+        model=model,
+        config=config,
+        tokenizer=tokenizer,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        padding_free=section.padding_free,
         method=method,
         loss_args=loss_args,
-        run_dir=run.run_dir,
-        keep_last=section.keep_last,
-        padding_free=section.padding_free,
-        model=model,
-        args=config,
-        train_dataset=run.dataset(train_rows, "train"),
-        eval_dataset=run.dataset(val_rows, "validation") if val_rows else None,
-        processing_class=tokenizer,
-        callbacks=run.callbacks(),
-        peft_config=run.peft_config("CAUSAL_LM"),
     )
-    run.train(trainer)
-    run.save_final(
-        trainer,
-        tokenizer,
-        end_of_turn_id=end_of_turn_token_id(tokenizer, template) if template else None,
-        base_model_dir=model_dir,
-        load_base=lambda path: AutoModelForCausalLM.from_pretrained(
-            str(path), **run.model_kwargs(quantized=False)
-        ),
-    )
+    run.save_causal_lm(trainer, tokenizer, template=template, model_dir=model_dir)
     return trainer
 
 

@@ -153,18 +153,15 @@ def run_rm(recipe: Any, args: Any) -> Any:
         center_rewards_coefficient=section.center_rewards_coefficient,
         disable_dropout=True,
     )
-    trainer = reward_trainer_class()(
-        run_dir=run.run_dir,
-        keep_last=section.keep_last,
+    trainer = run.fit(
+        reward_trainer_class(),
         model=model,
-        args=config,
-        train_dataset=run.dataset(_full_sequences(train_rows), "train"),
-        eval_dataset=run.dataset(_full_sequences(val_rows), "validation") if val_rows else None,
-        processing_class=tokenizer,
-        callbacks=run.callbacks(),
+        config=config,
+        tokenizer=tokenizer,
+        train_rows=_full_sequences(train_rows),
+        val_rows=_full_sequences(val_rows),
         peft_config=run.peft_config("SEQ_CLS", modules_to_save=("score",)),
     )
-    run.train(trainer)
     run.save_final(
         trainer,
         tokenizer,

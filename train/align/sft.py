@@ -9,10 +9,8 @@ example so attention and loss stay inside each example) or runs padding-free, an
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from llmtrain.chat import end_of_turn_token_id
 from llmtrain.errors import InputDataError, StageInputError
 from llmtrain.train.align.chat_data import (
     load_examples,
@@ -114,27 +112,13 @@ def run_sft(recipe: Any, args: Any) -> Any:
         completion_only_loss=False,
         shuffle_dataset=False,
     )
-    trainer = sft_trainer_class()(
-        run_dir=run.run_dir,
-        keep_last=section.keep_last,
+    trainer = run.fit(
+        sft_trainer_class(),
         model=model,
-        args=config,
-        train_dataset=run.dataset(train_rows, "train"),
-        eval_dataset=run.dataset(val_rows, "validation") if val_rows else None,
-        processing_class=tokenizer,
-        callbacks=run.callbacks(),
-        peft_config=run.peft_config("CAUSAL_LM"),
+        config=config,
+        tokenizer=tokenizer,
+        train_rows=train_rows,
+        val_rows=val_rows,
     )
-    run.train(trainer)
-
-    def load_base(path: Path) -> Any:
-        return AutoModelForCausalLM.from_pretrained(str(path), **run.model_kwargs(quantized=False))
-
-    run.save_final(
-        trainer,
-        tokenizer,
-        end_of_turn_id=end_of_turn_token_id(tokenizer, template) if template else None,
-        base_model_dir=model_dir,
-        load_base=load_base,
-    )
+    run.save_causal_lm(trainer, tokenizer, template=template, model_dir=model_dir)
     return trainer
