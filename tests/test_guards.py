@@ -91,6 +91,43 @@ def test_sft_skips_non_finite_steps_and_stops_with_pretrainings_message(
     assert records[6]["loss"] < records[1]["loss"]  # the weights stayed finite and kept learning
 
 
+def test_dpo_gets_the_same_guard(tmp_path, tiny_causal_lm_dir, monkeypatch):
+    """The guard lives in the glue every TRL-backed method uses: DPO (as kto, orpo, simpo,
+    grpo, gspo, rloo) stops on a run of non-finite losses with the same message."""
+    from llmtrain.train.align.dpo import run_dpo
+    from tests.align_support import write_preference_data
+
+    real = trl.DPOTrainer.compute_loss
+    calls = {"train": 0}
+
+    def poisoned(self, model, inputs, *args, **kwargs):
+        result = real(self, model, inputs, *args, **kwargs)
+        if not model.training:
+            return result
+        calls["train"] += 1
+        if calls["train"] >= 4:
+            if isinstance(result, tuple):
+                return (result[0] * float("nan"), *result[1:])
+            return result * float("nan")
+        return result
+
+    monkeypatch.setattr(trl.DPOTrainer, "compute_loss", poisoned)
+    prefs, _ = write_preference_data(tmp_path)
+    section = _sft_section(tmp_path, tiny_causal_lm_dir, max_steps=10, save_every=2)
+    section.update(data=[{"path": str(prefs)}], max_nonfinite_steps=2)
+    recipe = load_recipe(write_recipe_file(tmp_path, {"dpo": section}))
+    run_dir = recipe.stage_dir("dpo")
+    with pytest.raises(TrainingError) as err:
+        run_dpo(recipe, run_args())
+    assert str(err.value) == (
+        "dpo stopped: 2 steps in a row (4-5) had a non-finite loss or gradient "
+        "(dpo.max_nonfinite_steps is 2); the last good checkpoint "
+        f"{run_dir / 'checkpoints' / 'step-2'} is intact. Lower dpo.lr, keep grad_clip on "
+        "or use bf16 rather than fp16, then continue with --resume"
+    )
+    assert not (run_dir / "final").exists()
+
+
 def test_sft_never_publishes_non_finite_weights(tmp_path, tiny_causal_lm_dir, monkeypatch):
     """Issue 18.3: weights that turn non-finite (a finite loss, a poisoned update) are neither
     checkpointed nor written as final/; the error names the last checkpoint written from finite

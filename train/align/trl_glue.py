@@ -286,6 +286,33 @@ class AlignRun(StageRun):
             if self.tracker is not None:
                 self.tracker.close()
 
+    def load_policy(self, kind: str) -> tuple[Path, Any, Any, str | None, Any]:
+        """(model directory, tokenizer, examples of record `kind`, chat template, model): the
+        inputs every preference-style method starts from, checked against each other."""
+        from transformers import AutoModelForCausalLM
+
+        from llmtrain.train.align.chat_data import load_examples
+
+        model_dir = self.input_model_dir()
+        tokenizer = self.load_tokenizer(model_dir)
+        data = load_examples(self.section, kind, method=self.method, seed=self.seed)
+        template = self.chat_template(data.train + data.validation, tokenizer, model_dir)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **self.model_kwargs())
+        self.check_vocab(model, tokenizer, model_dir)
+        return model_dir, tokenizer, data, template, model
+
+    def load_reference(self, tokenizer: Any) -> Any:
+        """The model of `<method>.ref_model`, or None (TRL then uses a frozen copy of the
+        policy, or the base model under LoRA)."""
+        if self.section.ref_model is None:
+            return None
+        from transformers import AutoModelForCausalLM
+
+        ref_dir = self.input_model_dir(self.section.ref_model, key="ref_model")
+        ref_model = AutoModelForCausalLM.from_pretrained(str(ref_dir), **self.model_kwargs())
+        self.check_vocab(ref_model, tokenizer, ref_dir)
+        return ref_model
+
     def fit(
         self,
         trainer_class: type,
@@ -433,6 +460,8 @@ def nonfinite_callback(guard: NonfiniteSteps, run_dir: RunDir) -> Any:
     from transformers import TrainerCallback
 
     class NonfiniteCallback(TrainerCallback):
+        nonfinite = guard
+
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             nonfinite = gradients_nonfinite(model)
             if nonfinite is not None:
@@ -524,6 +553,14 @@ class RunDirCheckpoints:
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         step = self.state.global_step  # type: ignore[attr-defined]
+        callbacks = self.callback_handler.callbacks  # type: ignore[attr-defined]
+        guards = [
+            c.nonfinite
+            for c in callbacks
+            if isinstance(getattr(c, "nonfinite", None), NonfiniteSteps)
+        ]
+        if any(guard.streak for guard in guards):  # as the loop shell: only after a good step
+            return
         if not weights_finite(self.model, self.accelerator):  # type: ignore[attr-defined]
             if self.args.should_save:  # type: ignore[attr-defined]
                 log.warning("step %d: the weights are not finite; no checkpoint written", step)
