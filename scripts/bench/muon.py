@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max-bytes", type=int, default=1_500_000)
     parser.add_argument("--eval-batches", type=int, default=16)
-    parser.add_argument("--adamw-lrs", default="1e-3,3e-3,1e-2")
-    parser.add_argument("--muon-lrs", default="0.01,0.02,0.05")
+    parser.add_argument("--adamw-lrs", default="3e-4,1e-3,2e-3,3e-3")
+    parser.add_argument("--muon-lrs", default="0.02,0.05,0.1,0.2")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
