@@ -19,16 +19,7 @@ from llmtrain.cli import add_recipe_arguments, add_stage_argument, load_recipe_f
 from llmtrain.data_pipeline.config import DataSection
 from llmtrain.stages import Stage
 
-STAGES = (
-    Stage(
-        name="data",
-        section=DataSection,
-        command=("data",),
-        reads={"tokenizer": "tokenizer"},
-        produces="data",
-        training=False,
-    ),
-)
+STAGES = (Stage("data", DataSection, ("data",), reads={"tokenizer": "tokenizer"}, produces="data"),)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

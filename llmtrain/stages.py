@@ -50,8 +50,6 @@ class Stage:
     (pretrain: {"model": ModelSection})."""
     produces: Produces = "causal_lm"
     """What its output directory holds; `causal_lm` and `reward_model` in `final/`."""
-    training: bool = True
-    """Writes a run directory with checkpoints: an interrupted run resumes (`--resume`)."""
     curves: tuple[str, ...] = ()
     """The metrics the report draws first for it (every other numeric metric follows)."""
     entry: str | None = None
@@ -59,6 +57,12 @@ class Stage:
     (`llmtrain align --method NAME`); other stages' commands call their code themselves."""
     repeatable: bool = True
     """Whether a recipe may hold further instances of it under `stages:`."""
+
+    @property
+    def training(self) -> bool:
+        """A stage that trains a model writes a run directory with checkpoints: an interrupted
+        run resumes (`--resume`) and torchrun launches it on several processes."""
+        return self.produces in ("causal_lm", "reward_model")
 
     def shell_command(self, instance: str | None = None) -> str:
         """How a user runs it, for messages."""

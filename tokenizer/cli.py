@@ -18,14 +18,7 @@ from llmtrain.stages import Stage
 from llmtrain.tokenizer.config import TokenizerSection
 
 STAGES = (
-    Stage(
-        name="tokenizer",
-        section=TokenizerSection,
-        command=("tokenizer",),
-        produces="tokenizer",
-        training=False,
-        repeatable=False,
-    ),
+    Stage("tokenizer", TokenizerSection, ("tokenizer",), produces="tokenizer", repeatable=False),
 )
 
 USAGE = """llmtrain tokenizer RECIPE [--set KEY=VALUE ...] [--overwrite]

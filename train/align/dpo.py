@@ -19,7 +19,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
 log = logging.getLogger(__name__)
@@ -119,23 +118,12 @@ def dpo_trainer_class() -> type:
 
 def run_dpo(recipe: Any, args: Any) -> Any:
     """Train, write <output_dir>/dpo/ and return the trainer."""
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig
 
     section = recipe.section("dpo")
     run = AlignRun(recipe, "dpo", section)
-    model_dir = run.input_model_dir()
-    tokenizer = run.load_tokenizer(model_dir)
-    data = load_examples(section, "preference", method="dpo", seed=run.seed)
-    template = run.chat_template(data.train + data.validation, tokenizer, model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **run.model_kwargs())
-    run.check_vocab(model, tokenizer, model_dir)
-    ref_model = None
-    if section.ref_model is not None:
-        ref_dir = run.input_model_dir(section.ref_model, key="ref_model")
-        ref_model = AutoModelForCausalLM.from_pretrained(str(ref_dir), **run.model_kwargs())
-        run.check_vocab(ref_model, tokenizer, ref_dir)
-
+    model_dir, tokenizer, data, template, model = run.load_policy("preference")
+    ref_model = run.load_reference(tokenizer)
     train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
     run.start(resume=args.resume, overwrite=args.overwrite)

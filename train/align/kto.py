@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from llmtrain.errors import InputDataError
-from llmtrain.train.align.chat_data import load_examples, tokenize_unpaired
+from llmtrain.train.align.chat_data import tokenize_unpaired
 from llmtrain.train.align.trl_glue import AlignRun, RunDirCheckpoints
 
 log = logging.getLogger(__name__)
@@ -82,23 +82,12 @@ def unpaired_rows(
 
 def run_kto(recipe: Any, args: Any) -> Any:
     """Train, write <output_dir>/kto/ and return the trainer."""
-    from transformers import AutoModelForCausalLM
     from trl import KTOConfig
 
     section = recipe.section("kto")
     run = AlignRun(recipe, "kto", section)
-    model_dir = run.input_model_dir()
-    tokenizer = run.load_tokenizer(model_dir)
-    data = load_examples(section, "unpaired", method="kto", seed=run.seed)
-    template = run.chat_template(data.train + data.validation, tokenizer, model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **run.model_kwargs())
-    run.check_vocab(model, tokenizer, model_dir)
-    ref_model = None
-    if section.ref_model is not None:
-        ref_dir = run.input_model_dir(section.ref_model, key="ref_model")
-        ref_model = AutoModelForCausalLM.from_pretrained(str(ref_dir), **run.model_kwargs())
-        run.check_vocab(ref_model, tokenizer, ref_dir)
-
+    model_dir, tokenizer, data, template, model = run.load_policy("unpaired")
+    ref_model = run.load_reference(tokenizer)
     train_rows, val_rows, data_metrics = unpaired_rows(run, data, tokenizer, template)
 
     run.start(resume=args.resume, overwrite=args.overwrite)

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 from llmtrain.compat import add_train_tokens, trainer_metrics
-from llmtrain.train.align.chat_data import load_examples
 from llmtrain.train.align.dpo import PaddingFreeForward, dpo_trainer_class
 from llmtrain.train.align.trl_glue import AlignRun
 
@@ -125,17 +124,11 @@ def reference_free_trainer_class() -> type:
 
 def run_reference_free(recipe: Any, args: Any, method: str, loss_args: dict[str, float]) -> Any:
     """Train `method` (orpo or simpo), write <output_dir>/<method>/ and return the trainer."""
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig
 
     section = recipe.section(method)
     run = AlignRun(recipe, method, section)
-    model_dir = run.input_model_dir()
-    tokenizer = run.load_tokenizer(model_dir)
-    data = load_examples(section, "preference", method=method, seed=run.seed)
-    template = run.chat_template(data.train + data.validation, tokenizer, model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **run.model_kwargs())
-    run.check_vocab(model, tokenizer, model_dir)
+    model_dir, tokenizer, data, template, model = run.load_policy("preference")
     train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
     run.start(resume=args.resume, overwrite=args.overwrite)

@@ -10,16 +10,7 @@ from llmtrain.cli import add_recipe_arguments, load_recipe_from_args
 from llmtrain.stages import Stage
 from llmtrain.train.evaluate.config import EvalSection
 
-STAGES = (
-    Stage(
-        name="eval",
-        section=EvalSection,
-        command=("eval",),
-        produces="eval",
-        training=False,
-        repeatable=False,
-    ),
-)
+STAGES = (Stage("eval", EvalSection, ("eval",), produces="eval", repeatable=False),)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
