@@ -348,3 +348,30 @@ def test_plan_counts_muon_parameters_and_refuses_it_under_zero():
     per_layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 176
     assert f"\noptimizer   muon on {2 * per_layer:,} hidden-matrix parameters" in plan()
     assert "\noptimizer   muon: refused under DeepSpeed ZeRO-2" in plan(deepspeed={"zero_stage": 2})
+
+
+@pytest.mark.multiprocess
+def test_muon_under_ddp_follows_one_process(clm_data, tmp_path):
+    from tests.test_pretrain_distributed import torchrun
+
+    body = TRAIN.replace("steps: 40", "steps: 12") + "    optimizer: muon\n    log_every: 1\n"
+    body = body.replace("    log_every: 10\n", "")
+
+    def recipe(name: str):
+        return write_pretrain_recipe(
+            tmp_path / f"{name}.yaml",
+            output_dir=tmp_path / name,
+            data=clm_data,
+            model="preset: llama-tiny",
+            pretrain=body,
+        )
+
+    single = run_pretrain(load_recipe(recipe("single")))
+    result = torchrun(recipe("ddp"))
+    assert "(2 processes x 1 micro-batches of 8), fp32, engine ddp" in result.stderr
+    expected = curve(read_records(single.run_dir), "loss", "grad_norm")
+    got = curve(read_records(tmp_path / "ddp" / "pretrain"), "loss", "grad_norm")
+    assert [row[0] for row in got] == [row[0] for row in expected] == list(range(1, 13))
+    # Muon orthogonalises in bfloat16 (torch's implementation): a rounding apart at most
+    for row, ref in zip(got, expected, strict=True):
+        assert row[1:] == pytest.approx(ref[1:], rel=2e-3), row[0]
