@@ -60,10 +60,17 @@ class StageRun:
         """Settings changed on this resume: "<section>.<key>" -> (old, new)."""
         self.tracker: Tracker | None = None
 
-    def start(self, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> None:
+    def start(
+        self,
+        *,
+        resume: bool | str | Path | None = None,
+        overwrite: bool = False,
+        data_metrics: dict[str, Any] | None = None,
+    ) -> None:
         """Prepare the run directory (see RunDir.start) and the tracker: every process checks
         (so every process raises the same error), then the main process writes while the
-        others wait; `resume_from` is the checkpoint to continue from, if any."""
+        others wait; `resume_from` is the checkpoint to continue from, if any. `data_metrics`
+        are logged as the run's step-0 record (see log_data)."""
         config_yaml = self.recipe.to_yaml()
         self.resume_from = self.run_dir.start(
             config_yaml, resume=resume, overwrite=overwrite, is_main=False
@@ -80,6 +87,8 @@ class StageRun:
                 key: {"from": old, "to": new} for key, (old, new) in self.resume_changes.items()
             }
             self.tracker.log(step_of(self.resume_from), {"resumed": changed})
+        if data_metrics is not None:
+            self.log_data(data_metrics)
 
     def resumed_config(self, config_yaml: str) -> str:
         """The config.yaml of this run. On a resume, settings changed since the run's

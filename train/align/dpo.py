@@ -126,8 +126,7 @@ def run_dpo(recipe: Any, args: Any) -> Any:
     ref_model = run.load_reference(tokenizer)
     train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(data_metrics)
+    run.start(resume=args.resume, overwrite=args.overwrite, data_metrics=data_metrics)
     config = run.training_args(
         DPOConfig,
         has_validation=bool(val_rows),
@@ -142,11 +141,10 @@ def run_dpo(recipe: Any, args: Any) -> Any:
     )
     trainer = run.fit(
         dpo_trainer_class(),
-        model=model,
-        config=config,
-        tokenizer=tokenizer,
-        train_rows=train_rows,
-        val_rows=val_rows,
+        config,
+        model,
+        tokenizer,
+        (train_rows, val_rows),
         padding_free=section.padding_free,
         ref_model=ref_model,
     )

@@ -255,8 +255,8 @@ def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
     model.generation_config.eos_token_id = stop_ids
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data({**data.metrics(), **{f"data/{k}": v for k, v in counts.items()}})
+    data_metrics = {**data.metrics(), **{f"data/{k}": v for k, v in counts.items()}}
+    run.start(resume=args.resume, overwrite=args.overwrite, data_metrics=data_metrics)
     trainer_args: dict[str, Any] = {}
     if method == "rloo":
         config_class = RLOOConfig

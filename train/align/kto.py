@@ -90,8 +90,7 @@ def run_kto(recipe: Any, args: Any) -> Any:
     ref_model = run.load_reference(tokenizer)
     train_rows, val_rows, data_metrics = unpaired_rows(run, data, tokenizer, template)
 
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(data_metrics)
+    run.start(resume=args.resume, overwrite=args.overwrite, data_metrics=data_metrics)
     config = run.training_args(
         KTOConfig,
         has_validation=bool(val_rows),
@@ -104,13 +103,7 @@ def run_kto(recipe: Any, args: Any) -> Any:
         disable_dropout=True,
     )
     trainer = run.fit(
-        kto_trainer_class(),
-        model=model,
-        config=config,
-        tokenizer=tokenizer,
-        train_rows=train_rows,
-        val_rows=val_rows,
-        ref_model=ref_model,
+        kto_trainer_class(), config, model, tokenizer, (train_rows, val_rows), ref_model=ref_model
     )
     run.save_causal_lm(trainer, tokenizer, template=template, model_dir=model_dir)
     return trainer

@@ -131,8 +131,7 @@ def run_reference_free(recipe: Any, args: Any, method: str, loss_args: dict[str,
     model_dir, tokenizer, data, template, model = run.load_policy("preference")
     train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(data_metrics)
+    run.start(resume=args.resume, overwrite=args.overwrite, data_metrics=data_metrics)
     config = run.training_args(
         DPOConfig,
         has_validation=bool(val_rows),
@@ -145,11 +144,10 @@ def run_reference_free(recipe: Any, args: Any, method: str, loss_args: dict[str,
     )
     trainer = run.fit(
         reference_free_trainer_class(),
-        model=model,
-        config=config,
-        tokenizer=tokenizer,
-        train_rows=train_rows,
-        val_rows=val_rows,
+        config,
+        model,
+        tokenizer,
+        (train_rows, val_rows),
         padding_free=section.padding_free,
         method=method,
         loss_args=loss_args,

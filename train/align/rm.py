@@ -144,8 +144,7 @@ def run_rm(recipe: Any, args: Any) -> Any:
 
     train_rows, val_rows, data_metrics = run.preference_rows(data, tokenizer, template)
 
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(data_metrics)
+    run.start(resume=args.resume, overwrite=args.overwrite, data_metrics=data_metrics)
     config = run.training_args(
         RewardConfig,
         has_validation=bool(val_rows),
@@ -155,11 +154,10 @@ def run_rm(recipe: Any, args: Any) -> Any:
     )
     trainer = run.fit(
         reward_trainer_class(),
-        model=model,
-        config=config,
-        tokenizer=tokenizer,
-        train_rows=_full_sequences(train_rows),
-        val_rows=_full_sequences(val_rows),
+        config,
+        model,
+        tokenizer,
+        (_full_sequences(train_rows), _full_sequences(val_rows)),
         peft_config=run.peft_config("SEQ_CLS", modules_to_save=("score",)),
     )
     run.save_final(

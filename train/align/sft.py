@@ -96,10 +96,12 @@ def run_sft(recipe: Any, args: Any) -> Any:
         )
 
     padding_free_only = section.padding_free and not section.packing
-    run.start(resume=args.resume, overwrite=args.overwrite)
-    run.log_data(
-        {**data.metrics(), **train_stats.metrics("data/train"), **val_stats.metrics("data/val")}
-    )
+    data_metrics = {
+        **data.metrics(),
+        **train_stats.metrics("data/train"),
+        **val_stats.metrics("data/val"),
+    }
+    run.start(resume=args.resume, overwrite=args.overwrite, data_metrics=data_metrics)
     config = run.training_args(
         SFTConfig,
         has_validation=bool(val_rows),
@@ -112,13 +114,6 @@ def run_sft(recipe: Any, args: Any) -> Any:
         completion_only_loss=False,
         shuffle_dataset=False,
     )
-    trainer = run.fit(
-        sft_trainer_class(),
-        model=model,
-        config=config,
-        tokenizer=tokenizer,
-        train_rows=train_rows,
-        val_rows=val_rows,
-    )
+    trainer = run.fit(sft_trainer_class(), config, model, tokenizer, (train_rows, val_rows))
     run.save_causal_lm(trainer, tokenizer, template=template, model_dir=model_dir)
     return trainer

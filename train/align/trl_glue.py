@@ -316,17 +316,18 @@ class AlignRun(StageRun):
     def fit(
         self,
         trainer_class: type,
-        *,
-        model: Any,
         config: Any,
+        model: Any,
         tokenizer: Any,
-        train_rows: list[dict],
-        val_rows: list[dict],
+        rows: tuple[list[dict], list[dict]],
+        *,
         peft_config: Any = None,
         **trainer_kwargs: Any,
     ) -> Any:
-        """Build `trainer_class` (one of our RunDirCheckpoints trainers) on this run's directory,
-        datasets, callbacks and LoRA settings (default: a causal LM's), train it, return it."""
+        """Build `trainer_class` (one of our RunDirCheckpoints trainers) with the training
+        arguments `config` on this run's directory, its (train, validation) `rows`, callbacks
+        and LoRA settings (default: a causal LM's), train it, return it."""
+        train_rows, val_rows = rows
         trainer = trainer_class(
             run_dir=self.run_dir,
             keep_last=self.section.keep_last,
