@@ -142,12 +142,6 @@ class RecipeBase(Section):
         """The names declared under `stages:`, in recipe order."""
         return list(self._instances)
 
-    def stage_section(self, name: str) -> Any:
-        """The settings of a stage (None when the recipe has no such section)."""
-        if name in self._instances:
-            return self._instances[name].section
-        return getattr(self, self.stage_kind(name).name)
-
     def stage_inputs(self, name: str) -> dict[str, str]:
         """Input role -> the stage it reads (defaults filled in; optional roles left out)."""
         kind = self.stage_kind(name)
