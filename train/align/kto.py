@@ -52,17 +52,11 @@ def kto_trainer_class() -> type:
 def unpaired_rows(
     run: AlignRun, data: Any, tokenizer: Any, template: str | None
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """(train rows, validation rows, data metrics), tokenized and fitted to max_length."""
-    section = run.section
-    fit = dict(max_length=section.max_length, on_too_long=section.on_too_long)
-    train_rows, train_stats = tokenize_unpaired(data.train, tokenizer, template, **fit)
-    val_rows, val_stats = tokenize_unpaired(data.validation, tokenizer, template, **fit)
-    if len(train_rows) < section.global_batch_size:
-        raise InputDataError(
-            f"kto: {len(train_rows)} training examples are fewer than one batch "
-            f"(global_batch_size {section.global_batch_size}); add data or lower "
-            "kto.global_batch_size"
-        )
+    """(train rows, validation rows, data metrics), tokenized and fitted to max_length, with
+    both kinds of example among the training rows."""
+    train_rows, val_rows, metrics = run.fitted_rows(
+        tokenize_unpaired, "examples", data, tokenizer, template
+    )
     good = sum(row["label"] for row in train_rows)
     if good in (0, len(train_rows)):
         kind = "good (label: true)" if good == 0 else "bad (label: false)"
@@ -70,13 +64,8 @@ def unpaired_rows(
             f"kto: the training data has no {kind} examples; KTO learns from both kinds "
             "(for good examples alone, use sft)"
         )
-    metrics = {
-        **data.metrics(),
-        **train_stats.metrics("data/train"),
-        **val_stats.metrics("data/val"),
-        "data/train_desirable": good,
-        "data/train_undesirable": len(train_rows) - good,
-    }
+    metrics["data/train_desirable"] = good
+    metrics["data/train_undesirable"] = len(train_rows) - good
     return train_rows, val_rows, metrics
 
 

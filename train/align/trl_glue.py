@@ -94,17 +94,24 @@ class AlignRun(StageRun):
     def preference_rows(
         self, data: Any, tokenizer: Any, template: str | None
     ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-        """(train pairs, validation pairs, data metrics): tokenized and fitted to max_length;
-        fewer training pairs than one global batch is an error."""
+        """(train pairs, validation pairs, data metrics): see fitted_rows."""
         from llmtrain.train.align.chat_data import tokenize_preferences
 
+        return self.fitted_rows(tokenize_preferences, "pairs", data, tokenizer, template)
+
+    def fitted_rows(
+        self, tokenize: Any, what: str, data: Any, tokenizer: Any, template: str | None
+    ) -> tuple[list[dict], list[dict], dict[str, Any]]:
+        """(train rows, validation rows, data metrics): `data` tokenized by `tokenize` (a
+        chat_data.tokenize_* function) and fitted to max_length; fewer training rows (`what`:
+        pairs, examples) than one global batch is an error."""
         section, method = self.section, self.method
         fit = dict(max_length=section.max_length, on_too_long=section.on_too_long)
-        train_rows, train_stats = tokenize_preferences(data.train, tokenizer, template, **fit)
-        val_rows, val_stats = tokenize_preferences(data.validation, tokenizer, template, **fit)
+        train_rows, train_stats = tokenize(data.train, tokenizer, template, **fit)
+        val_rows, val_stats = tokenize(data.validation, tokenizer, template, **fit)
         if len(train_rows) < section.global_batch_size:
             raise InputDataError(
-                f"{method}: {len(train_rows)} training pairs are fewer than one batch "
+                f"{method}: {len(train_rows)} training {what} are fewer than one batch "
                 f"(global_batch_size {section.global_batch_size}); add data or lower "
                 f"{method}.global_batch_size"
             )
