@@ -30,7 +30,7 @@ from llmtrain.runtime import dist_env
 from llmtrain.train import flops as flops_mod
 from llmtrain.train.engine import (
     DeepSpeedEngine,
-    PlainEngine,
+    Engine,
     build_engine,
     check_precision,
     engine_deepspeed_config,
@@ -117,7 +117,10 @@ def run_pretrain(
 ) -> PretrainResult:
     """Pretrain as the recipe's `model` and `pretrain` sections say; returns where it wrote."""
     setup = prepare(recipe)
-    accelerator = make_accelerator(recipe.pretrain, use_deepspeed=setup.ds_config is not None)
+    accelerator = make_accelerator(
+        recipe.pretrain,
+        engine_precision=setup.ds_config is not None or recipe.pretrain.fsdp is not None,
+    )
     try:
         method = PretrainLoop(recipe, setup, accelerator)
         loop = TrainingLoop(method, setup.run, accelerator, recipe.pretrain)
@@ -331,7 +334,7 @@ class PretrainLoop:
         self.model_config = model.config
         self.param_counts = flops_mod.parameter_counts(model)  # before ZeRO-3 partitions it
         self.flops_per_step, self.peak = self._flops_setup(model)
-        self.engine: PlainEngine | DeepSpeedEngine = build_engine(
+        self.engine: Engine = build_engine(
             model,
             param_groups(model, section.weight_decay),
             accelerator=accelerator,

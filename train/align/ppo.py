@@ -240,7 +240,7 @@ class PPOTrainer:
         self.tokenizer = run.load_tokenizer(policy_dir)
         check_precision(section.precision, "ppo")
         config = self._deepspeed_config()
-        self.accelerator = make_accelerator(section, use_deepspeed=config is not None)
+        self.accelerator = make_accelerator(section, engine_precision=config is not None)
         self.device = self.accelerator.device
         self.compute_dtype = compute_dtype(section.precision)
         self.counts: dict[str, int] = {}
