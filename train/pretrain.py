@@ -201,7 +201,7 @@ def prepare(recipe: Any) -> Setup:
         model_config=model.config,
     )
     if section.document_masking:
-        objective = DocumentMasking(objective)
+        objective = DocumentMasking(objective, model.config)
     longest = objective.lengths.inputs if objective_name == "span" else data.seq_len
     check_positions(model.config, longest, seq_len=data.seq_len, data_dir=data.data_dir)
     check_token_ids(data.manifest, model.get_input_embeddings().num_embeddings, data.data_dir)
