@@ -87,8 +87,12 @@ def _contains(outer: torch.nn.Module, module: torch.nn.Module) -> bool:
 def shard_model(model: torch.nn.Module, section: Any, *, device: torch.device) -> None:
     """fully_shard every block, then the root (in place); `section` is the stage's (precision,
     compile, fsdp)."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    if not dist.is_initialized():  # one process without torchrun: a group of one
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     fsdp = section.fsdp
     options: dict[str, Any] = {"reshard_after_forward": fsdp.reshard_after_forward}
     if section.precision == "bf16":
