@@ -29,7 +29,7 @@ import torch
 from llmtrain.compat import reset_accelerate_state, zero3_full_state_dict
 from llmtrain.errors import RunDirError, StageInputError
 from llmtrain.train import checkpoint as ckpt
-from llmtrain.train.fsdp import FSDPEngine
+from llmtrain.train.fsdp import FSDPEngine, release_group_of_one
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,10 @@ def make_accelerator(section: Any, *, engine_precision: bool) -> Any:
 
 
 def release_accelerator() -> None:
-    """Forget accelerate's process-wide state, so another run in this process starts clean."""
+    """Forget accelerate's process-wide state (and a process group of one that FSDP2 started),
+    so another run in this process starts clean."""
     reset_accelerate_state()
+    release_group_of_one()
 
 
 def build_engine(

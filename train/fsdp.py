@@ -90,9 +90,11 @@ def shard_model(model: torch.nn.Module, section: Any, *, device: torch.device) -
     import torch.distributed as dist
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    global _group_of_one
     if not dist.is_initialized():  # one process without torchrun: a group of one
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        _group_of_one = True
     fsdp = section.fsdp
     options: dict[str, Any] = {"reshard_after_forward": fsdp.reshard_after_forward}
     if section.precision == "bf16":
@@ -109,6 +111,20 @@ def shard_model(model: torch.nn.Module, section: Any, *, device: torch.device) -
         fully_shard(block, **options)
     # the root's parameters are used again by the backward right after the forward (the head)
     fully_shard(model, **{**options, "reshard_after_forward": False})
+
+
+_group_of_one = False
+"""Whether shard_model started the process group (one process, no torchrun)."""
+
+
+def release_group_of_one() -> None:
+    """End the process group shard_model started, so another run in this process starts clean."""
+    global _group_of_one
+    if _group_of_one:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        _group_of_one = False
 
 
 def sharded_groups(
@@ -222,7 +238,7 @@ SAFE_METADATA_GLOBALS = {
 }
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+class DCPMetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith(SAFE_METADATA_MODULES) or (module, name) in SAFE_METADATA_GLOBALS:
             return super().find_class(module, name)
@@ -244,7 +260,7 @@ def safe_dcp_metadata():
     from torch.distributed.checkpoint import filesystem
 
     def load(file: Any) -> Any:
-        return _MetadataUnpickler(file).load()
+        return DCPMetadataUnpickler(file).load()
 
     restricted = SimpleNamespace(
         load=load, dump=pickle.dump, HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL
