@@ -65,7 +65,9 @@ def test_one_process_fsdp2_follows_the_plain_run(tiny_tokenizer_dir, tmp_path):
         save_every: 3
     """
     records = []
-    for name, extra in (("plain", ""), ("fsdp", "    fsdp: {}\n")):
+    # FSDP2 with activation checkpointing (recomputed blocks gather their weights again)
+    fsdp = "    fsdp: {}\n        activation_checkpointing: true\n"
+    for name, extra in (("plain", ""), ("fsdp", fsdp)):
         recipe = write_pretrain_recipe(
             tmp_path / f"{name}.yaml",
             output_dir=tmp_path / name,
