@@ -100,3 +100,21 @@ def test_deepspeed_and_fsdp_together_are_refused(stage):
         f"{stage}: deepspeed and fsdp are two sharding engines (DeepSpeed ZeRO, FSDP2) and one "
         "run takes one; remove deepspeed or fsdp"
     ) in str(err.value)
+
+
+def test_qlora_under_fsdp_is_refused():
+    from llmtrain.recipe import validate_recipe
+
+    body = {
+        "model": "m",
+        "data": [{"path": "d.jsonl"}],
+        "fsdp": {},
+        "lora": {"r": 8, "quantization": "4bit"},
+    }
+    with pytest.raises(RecipeError) as err:
+        validate_recipe({"name": "x", "output_dir": "o", "sft": body})
+    assert (
+        "sft: lora.quantization (QLoRA) does not run under fsdp here: FSDP would have to shard "
+        "the 4-bit weights, which needs a storage dtype for them (bnb_4bit_quant_storage) that "
+        "llmtrain does not set; use lora.quantization: none, or deepspeed"
+    ) in str(err.value)

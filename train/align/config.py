@@ -216,6 +216,12 @@ class AlignSection(Section):
             )
         if self.precision == "fp16" and self.lora is not None and self.lora.quantization != "none":
             raise ValueError("QLoRA trains in bf16; set precision: bf16")
+        if self.fsdp is not None and self.lora is not None and self.lora.quantization != "none":
+            raise ValueError(
+                "lora.quantization (QLoRA) does not run under fsdp here: FSDP would have to shard "
+                "the 4-bit weights, which needs a storage dtype for them (bnb_4bit_quant_storage) "
+                "that llmtrain does not set; use lora.quantization: none, or deepspeed"
+            )
         return self
 
 
