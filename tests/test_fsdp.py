@@ -65,8 +65,12 @@ def test_one_process_fsdp2_follows_the_plain_run(tiny_tokenizer_dir, tmp_path):
         save_every: 3
     """
     records = []
-    # FSDP2 with activation checkpointing (recomputed blocks gather their weights again)
-    fsdp = "    fsdp: {}\n        activation_checkpointing: true\n"
+    # the options the two-process test leaves at their defaults, with activation checkpointing
+    # (recomputed blocks gather their weights again)
+    fsdp = (
+        "    fsdp: {reshard_after_forward: false, cpu_offload: true}\n"
+        "        activation_checkpointing: true\n"
+    )
     for name, extra in (("plain", ""), ("fsdp", fsdp)):
         recipe = write_pretrain_recipe(
             tmp_path / f"{name}.yaml",
