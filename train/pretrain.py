@@ -73,7 +73,7 @@ class PretrainResult:
     final_dir: Path
     step: int
     model: torch.nn.Module
-    """The trained model of this process (under ZeRO-3 its parameters are partitioned)."""
+    """The trained model of this process (under ZeRO-3 and FSDP2 its parameters are sharded)."""
     last_metrics: dict[str, Any]
 
 
