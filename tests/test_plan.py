@@ -215,4 +215,8 @@ def test_fsdp2_memory_shards_states_like_zero3_and_marks_the_recipe():
     )
     text = format_plan(plan)
     assert "| no reshard (recipe) |" in text
+    muon = recipe.model_copy(
+        update={"pretrain": recipe.pretrain.model_copy(update={"optimizer": "muon"})}
+    )
+    assert make_plan(muon).muon.startswith("optimizer   muon: refused under FSDP2")
     assert "| 0 (recipe) |" not in text  # the ZeRO table marks no row under FSDP2

@@ -580,7 +580,9 @@ def make_plan(
         total_flops=total_flops,
         wall_hours=wall,
         float8=plan_line(gpu, precision) if section and section.float8 else "",
-        muon=_muon_line(config, objective, zero) if section and section.optimizer == "muon" else "",
+        muon=_muon_line(config, objective, zero, fsdp=section.fsdp is not None)
+        if section and section.optimizer == "muon"
+        else "",
         fsdp_memory=fsdp_memory_rows(
             counts.total,
             counts.total - counts.non_embedding + _untied_head(config),
@@ -605,14 +607,14 @@ def _untied_head(config: Any) -> int:
     return config.vocab_size * _get(config, "hidden_size", "d_model", "n_embd")
 
 
-def _muon_line(config: Any, objective: str, zero_stage: int) -> str:
+def _muon_line(config: Any, objective: str, zero_stage: int, fsdp: bool = False) -> str:
     import torch
 
     from llmtrain.train.muon import plan_line as muon_plan_line
 
     with torch.device("meta"):
         model = _model_class(config, objective)(config)
-    return muon_plan_line(model, zero_stage)
+    return muon_plan_line(model, zero_stage, fsdp)
 
 
 def _count_parameters(config: Any, model_class: type) -> tuple[Any, int]:
