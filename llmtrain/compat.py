@@ -222,6 +222,15 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
         "supports_attention(): as _supports_sdpa, for flash_attention_2",
     ),
     PrivateMember(
+        "transformers",
+        "transformers.PreTrainedModel",
+        "_no_split_modules",
+        "attribute",
+        None,
+        "no_split_module_classes(): the transformer-block classes FSDP2 shards one by one "
+        "(train/fsdp.py; accelerate's FSDP auto-wrap policy reads the same attribute)",
+    ),
+    PrivateMember(
         "liger-kernel",
         "liger_kernel.transformers",
         "_apply_liger_kernel_to_instance",
@@ -276,6 +285,15 @@ def supports_attention(model_class: Any, name: str) -> bool:
     (`_supports_sdpa`, `_supports_flash_attn`)."""
     flag = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}[name]
     return bool(getattr(model_class, flag, False))
+
+
+def no_split_module_classes(model: Any) -> set[str]:
+    """Class names of the blocks a transformers model keeps whole (`_no_split_modules`, of the
+    model and its submodels)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
 
 
 def apply_liger_kernel(model: Any, **kwargs: Any) -> None:

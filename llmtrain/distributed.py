@@ -1,12 +1,15 @@
-"""The `deepspeed` section shared by pretraining and every alignment method, and the DeepSpeed
-config it becomes.
+"""The `deepspeed` and `fsdp` sections shared by pretraining and the alignment methods, and the
+DeepSpeed config the first becomes.
 
     pretrain:
       deepspeed: {zero_stage: 2, offload_optimizer: false}
       # or a DeepSpeed JSON of your own; where it contradicts the recipe, that is an error:
       deepspeed: {config: ds_zero3.json}
 
-Without a `deepspeed` section a multi-process launch trains with plain DDP.
+    pretrain:
+      fsdp: {reshard_after_forward: true}   # FSDP2 (torch's fully_shard): train/fsdp.py
+
+Without either section a multi-process launch trains with plain DDP; a stage takes at most one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,28 @@ class DeepSpeedSection(Section):
                 "set zero_stage: 3 or offload_params: false"
             )
         return self
+
+
+class FSDPSection(Section):
+    """FSDP2: torch's fully_shard per transformer block and on the root (train/fsdp.py)."""
+
+    reshard_after_forward: bool = True
+    """Free each block's gathered parameters after its forward and gather them again for the
+    backward (ZeRO-3's memory); false keeps them until the backward: one all-gather less per
+    block, the whole model's parameters held between forward and backward."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer states in CPU memory (the optimizer
+    step runs on the CPU): less GPU memory, slower steps."""
+
+
+def one_sharding_engine(section: Any) -> None:
+    """Refuse a stage section that sets both sharding engines (its validator calls this; the
+    recipe's message puts the section's name in front)."""
+    if section.deepspeed is not None and section.fsdp is not None:
+        raise ValueError(
+            "deepspeed and fsdp are two sharding engines (DeepSpeed ZeRO, FSDP2) and one run "
+            "takes one; remove deepspeed or fsdp"
+        )
 
 
 def build_deepspeed_config(

@@ -31,10 +31,16 @@ CHECKS = [
     "liger",
     "float8",
     "deepspeed_zero2",
+    "fsdp2",
+    "fsdp2_sft",
     "qlora_sft",
     "vllm_grpo",
     "mfu",
 ]
+PRETRAIN_CHECKS = (
+    "flash_attention_document_masking", "compile", "liger", "float8", "deepspeed_zero2", "fsdp2",
+)  # fmt: skip
+"""The checks that pretrain (their validation loss must fall)."""
 SEQ_LEN = 256
 
 PRETRAIN = {
@@ -95,6 +101,7 @@ def prepare(work: Path) -> None:
     pretrain_recipe(work, data, "liger", liger=True)
     pretrain_recipe(work, data, "float8", float8=True)
     pretrain_recipe(work, data, "deepspeed_zero2", deepspeed={"zero_stage": 2})
+    pretrain_recipe(work, data, "fsdp2", fsdp={"reshard_after_forward": True})
     sft = {
         "model": str(model),
         "data": [{"path": str(write_sft_data(work / "sft"))}],
@@ -111,6 +118,15 @@ def prepare(work: Path) -> None:
     write_recipe(
         work / "qlora_sft.yaml",
         {"name": "gpu-check-qlora", "output_dir": str(work / "runs" / "qlora"), "sft": sft},
+    )
+    fsdp_sft = {k: v for k, v in sft.items() if k != "lora"}
+    write_recipe(
+        work / "fsdp2_sft.yaml",
+        {
+            "name": "gpu-check-fsdp2-sft",
+            "output_dir": str(work / "runs" / "fsdp2_sft"),
+            "sft": {**fsdp_sft, "fsdp": {"reshard_after_forward": True}},
+        },
     )
     grpo = rl_recipe(
         work / "grpo",
@@ -131,11 +147,12 @@ def command(check: str, work: Path, gpus: int = 1) -> list[str]:
     """The command line of one check (run from the repository root)."""
     python = sys.executable
     recipe = str(work / f"{check}.yaml")
-    if check == "deepspeed_zero2":
+    if check in ("deepspeed_zero2", "fsdp2", "fsdp2_sft"):
+        stage = ["align", "--method", "sft"] if check == "fsdp2_sft" else ["pretrain"]
         return [
             python, "-m", "torch.distributed.run", "--nproc-per-node", str(min(gpus, 2)),
             "--master-addr", "127.0.0.1", "--master-port", "29517",
-            "-m", "llmtrain", "pretrain", recipe, "--overwrite",
+            "-m", "llmtrain", *stage, recipe, "--overwrite",
         ]  # fmt: skip
     if check == "qlora_sft":
         return [python, "-m", "llmtrain", "align", "--method", "sft", recipe, "--overwrite"]
@@ -221,13 +238,13 @@ def run(check: str, work: Path) -> int:
     if check == "flash_attention_document_masking":
         packed_logits_match()
     gpus = torch.cuda.device_count()
-    if check == "deepspeed_zero2" and gpus < 2:
-        print("one GPU: ZeRO-2 on NCCL with 1 process (NCCL refuses two ranks on one device)")
+    if check in ("deepspeed_zero2", "fsdp2", "fsdp2_sft") and gpus < 2:
+        print(f"one GPU: {check} on NCCL with 1 process (NCCL refuses two ranks on one device)")
     env = {**os.environ, "OMP_NUM_THREADS": "4"}
     result = subprocess.run(command(check, work, gpus), cwd=REPO, env=env)
     if result.returncode:
         return result.returncode
-    if check in CHECKS[:5]:
+    if check in PRETRAIN_CHECKS:
         learned(check, work)
     return 0
 

@@ -6,7 +6,8 @@
 # Each check prints one line, `CHECK: pass`, `CHECK: fail (log: FILE)` or
 # `CHECK: skipped (why)`: bf16 + flash-attention 2 + document masking (packed logits equal
 # the document alone, and a run learns), torch.compile, Liger, float8 (torchao), DeepSpeed
-# ZeRO-2 on NCCL (2 processes when 2 GPUs are visible; NCCL refuses two ranks on one GPU),
+# ZeRO-2, FSDP2 pretraining and FSDP2 SFT (accelerate) on NCCL (2 processes when 2 GPUs are
+# visible; NCCL refuses two ranks on one GPU),
 # QLoRA SFT (bitsandbytes 4-bit), GRPO with vLLM generation (colocated), and
 # `scripts/bench/pretrain.py mfu` on llama-1b (micro-batch 8 x 2048 tokens, 2 accumulation
 # steps), whose MFU and tokens/s lines are printed too. The tiny inputs are built first
@@ -34,7 +35,7 @@ fi
 # seconds each check may take (all together stay under 10 minutes)
 declare -A LIMIT=(
     [flash_attention_document_masking]=50 [compile]=60 [liger]=45 [float8]=45
-    [deepspeed_zero2]=60 [qlora_sft]=50 [vllm_grpo]=110 [mfu]=150
+    [deepspeed_zero2]=60 [fsdp2]=30 [fsdp2_sft]=30 [qlora_sft]=50 [vllm_grpo]=110 [mfu]=150
 )
 failed=0
 for check in $("$PYTHON" scripts/gpu_check.py list); do

@@ -389,6 +389,16 @@ def test_ppo_refuses_fp16_as_every_stage_does(rl_policy, tmp_path):
     )
 
 
+def test_ppo_refuses_fsdp(rl_policy, tmp_path):
+    with pytest.raises(RecipeError) as error:
+        run_ppo(load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, fsdp={})), run_args())
+    assert str(error.value) == (
+        "ppo.fsdp: PPO runs on llmtrain's own loop with a policy, a value model and a "
+        "reference, and FSDP2 is built there for pretraining's single model only; use "
+        "ppo.deepspeed (ZeRO) to shard PPO"
+    )
+
+
 def test_ppo_loss_is_a_token_mean_over_the_whole_update(rl_policy, tmp_path):
     """One minibatch of 12 sequences as 1 micro-batch of 12 and as 12 micro-batches of 1 gives
     the same gradient (every response token weighs the same); the mean of the 12 per-sequence

@@ -81,3 +81,40 @@ def test_unreadable_json(tmp_path):
     path.write_text("{not json")
     with pytest.raises(RecipeError, match=r"pretrain.deepspeed.config: cannot read .* as JSON"):
         build(DeepSpeedSection(config=path))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "grpo"])
+def test_deepspeed_and_fsdp_together_are_refused(stage):
+    from llmtrain.recipe import validate_recipe
+
+    bodies = {
+        "pretrain": {"steps": 10},
+        "sft": {"model": "m", "data": [{"path": "d.jsonl"}]},
+        "dpo": {"data": [{"path": "d.jsonl"}]},
+        "grpo": {"data": [{"path": "p.jsonl"}], "rewards": [{"type": "answer_match"}]},
+    }
+    body = {**bodies[stage], "deepspeed": {"zero_stage": 2}, "fsdp": {}}
+    with pytest.raises(RecipeError) as err:
+        validate_recipe({"name": "x", "output_dir": "o", stage: body})
+    assert (
+        f"{stage}: deepspeed and fsdp are two sharding engines (DeepSpeed ZeRO, FSDP2) and one "
+        "run takes one; remove deepspeed or fsdp"
+    ) in str(err.value)
+
+
+def test_qlora_under_fsdp_is_refused():
+    from llmtrain.recipe import validate_recipe
+
+    body = {
+        "model": "m",
+        "data": [{"path": "d.jsonl"}],
+        "fsdp": {},
+        "lora": {"r": 8, "quantization": "4bit"},
+    }
+    with pytest.raises(RecipeError) as err:
+        validate_recipe({"name": "x", "output_dir": "o", "sft": body})
+    assert (
+        "sft: lora.quantization (QLoRA) does not run under fsdp here: FSDP would have to shard "
+        "the 4-bit weights, which needs a storage dtype for them (bnb_4bit_quant_storage) that "
+        "llmtrain does not set; use lora.quantization: none, or deepspeed"
+    ) in str(err.value)

@@ -12,6 +12,7 @@ from llmtrain.train.plan import (
     GIB,
     chinchilla_loss,
     deepspeed_buffer_bytes,
+    format_plan,
     make_plan,
     model_state_bytes,
 )
@@ -186,3 +187,36 @@ def test_moe_without_sharding_does_not_fit_one_h100(capsys):
     }
     assert rows["0none"].startswith("| 0 | none | 104.03 |") and rows["0none"].endswith("| no |")
     assert rows["3 (recipe)none"].endswith("| yes |")
+
+
+def test_fsdp2_memory_shards_states_like_zero3_and_marks_the_recipe():
+    body = dict(steps=100, global_batch_size=64, micro_batch_size=4, seq_len=512)
+    recipe = validate_recipe(
+        {
+            "name": "p",
+            "output_dir": "out",
+            "model": {"preset": "llama-1b", "vocab_size": 32000},
+            "pretrain": {**body, "fsdp": {"reshard_after_forward": False}},
+        }
+    )
+    plan = make_plan(recipe, gpus=8, gpu="H100")
+    rows = {(r.reshard_after_forward, r.cpu_offload): r for r in plan.fsdp_memory}
+    zero3 = next(r for r in plan.memory if (r.zero_stage, r.offload) == (3, "none"))
+    params = plan.params_total
+    # sharded states: 16 bytes per parameter over 8 GPUs; offload moves them to the CPU
+    assert rows[True, False].states_gib == pytest.approx(16 * params / 8 / GIB)
+    assert rows[True, True].states_gib == 0
+    assert rows[True, True].cpu_gib == pytest.approx(16 * params / 8 / GIB)
+    # keeping blocks gathered from forward to backward costs memory; the activations are ZeRO's
+    assert rows[False, False].gathered_gib > rows[True, False].gathered_gib
+    assert rows[True, False].activations_gib == zero3.activations_gib
+    assert make_plan(recipe, gpus=16).fsdp_memory[0].states_gib == pytest.approx(
+        rows[True, False].states_gib / 2
+    )
+    text = format_plan(plan)
+    assert "| no reshard (recipe) |" in text
+    muon = recipe.model_copy(
+        update={"pretrain": recipe.pretrain.model_copy(update={"optimizer": "muon"})}
+    )
+    assert make_plan(muon).muon.startswith("optimizer   muon: refused under FSDP2")
+    assert "| 0 (recipe) |" not in text  # the ZeRO table marks no row under FSDP2

@@ -182,7 +182,7 @@ def test_loss_is_normalised_by_the_global_count_of_target_tokens(clm_data, tmp_p
         setup.objective = FewTargetsInMarkedRows()
         try:
             loop = PretrainLoop(
-                recipe, setup, make_accelerator(recipe.pretrain, use_deepspeed=False)
+                recipe, setup, make_accelerator(recipe.pretrain, engine_precision=False)
             )
             assert loop.plan.grad_accum == 16 // micro_batch_size
             assert loop.engine.base_optimizer.defaults["fused"] is True

@@ -1,6 +1,7 @@
-"""Pretraining with several processes on the CPU (gloo): DeepSpeed ZeRO-2 and ZeRO-3 follow the
-single-process run (and so does plain DDP), ZeRO-3 consolidates final/, a ZeRO-2 run resumes from
-a checkpoint, and the multi-node launcher in scripts/ trains as two nodes on localhost."""
+"""Pretraining with several processes on the CPU (gloo): DeepSpeed ZeRO-2 and ZeRO-3 and FSDP2
+follow the single-process run (and so does plain DDP), ZeRO-3 and FSDP2 consolidate final/, a
+ZeRO-2 and an FSDP2 run resume from a checkpoint, and the multi-node launcher in scripts/ trains
+as two nodes on localhost."""
 
 import json
 import os
@@ -159,6 +160,46 @@ def test_zero3_with_cpu_offload_follows_one_process_and_consolidates_final(
     assert sum(p.numel() for p in final.parameters()) == sum(
         p.numel() for p in expected.parameters()
     )
+
+
+def test_fsdp2_follows_one_process_resumes_exactly_and_consolidates_final(
+    data, single_process, tmp_path
+):
+    reference, reference_final = single_process
+    recipe = write_pretrain_recipe(
+        tmp_path / "recipe.yaml",
+        output_dir=tmp_path,
+        data=data,
+        model="preset: llama-tiny",
+        pretrain=PRETRAIN + "    fsdp: {reshard_after_forward: true}\n",
+    )
+    result = torchrun(recipe)
+    assert "(2 processes x 1 micro-batches of 8), fp32, engine fsdp" in result.stderr
+    run_dir = tmp_path / "pretrain"
+    uninterrupted = read_records(run_dir)
+    assert_follows(uninterrupted, reference, rel=1e-4)
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "step-6").iterdir()) == [
+        "data-rank0.json", "data-rank1.json", "fsdp", "rng-rank0.pt", "rng-rank1.pt",
+        "trainer_state.json",
+    ]  # fmt: skip
+    shards = sorted(p.name for p in (run_dir / "checkpoints" / "step-6" / "fsdp").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    # final/ holds the whole model gathered from both shards, as a transformers directory
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    assert json.loads((run_dir / "final" / "config.json").read_text())["architectures"] == [
+        "LlamaForCausalLM"
+    ]
+    expected = AutoModelForCausalLM.from_pretrained(reference_final)
+    ids = torch.randint(10, 500, (2, 32))
+    with torch.no_grad():
+        assert torch.allclose(final(ids).logits, expected(ids).logits, atol=1e-4)
+    # lose everything after step 6 and resume: the same curve again
+    shutil.rmtree(run_dir / "checkpoints" / "step-12")
+    shutil.rmtree(run_dir / "final")
+    result = torchrun(recipe, "--resume")
+    assert "resumed from" in result.stderr
+    assert_follows(read_records(run_dir), uninterrupted, rel=1e-6)
+    assert (run_dir / "final" / "model.safetensors").is_file()
 
 
 def test_multinode_launcher_trains_as_two_nodes_on_localhost(data, single_process, tmp_path):

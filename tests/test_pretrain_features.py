@@ -2,7 +2,16 @@
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+)
 
 from llmtrain.data_pipeline.loader import PackedWindows, TrainBatches, validation_batches
 from llmtrain.data_pipeline.manifest import shards_of
@@ -11,11 +20,17 @@ from llmtrain.errors import RecipeError, StageInputError
 from llmtrain.recipe import load_recipe
 from llmtrain.train.float8 import float8_refusal
 from llmtrain.train.muon import build_muon, hidden_matrix_names
-from llmtrain.train.objectives import CausalLM
+from llmtrain.train.objectives import CausalLM, MaskedLM
 from llmtrain.train.optim import param_groups
 from llmtrain.train.packing import DocumentMasking
 from llmtrain.train.pretrain import run_pretrain
-from tests.pretrain_support import build_data, curve, read_records, write_pretrain_recipe
+from tests.pretrain_support import (
+    add_mlm_and_span_tokens,
+    build_data,
+    curve,
+    read_records,
+    write_pretrain_recipe,
+)
 
 SEQ_LEN = 64
 
@@ -121,7 +136,9 @@ def test_a_document_packed_after_another_has_its_logits_alone(make_model, attn):
     second = torch.randint(3, 97, (17,))
     tokens = torch.cat([first, second, torch.tensor([5])]).unsqueeze(0)  # + the last label
     positions = torch.cat([torch.arange(11), torch.arange(18)]).unsqueeze(0)
-    inputs = DocumentMasking(CausalLM()).prepare(PackedWindows(tokens, positions), None)
+    inputs = DocumentMasking(CausalLM(), model.config).prepare(
+        PackedWindows(tokens, positions), None
+    )
     assert inputs.inputs["position_ids"].tolist() == [list(range(11)) + list(range(17))]
     with torch.no_grad():
         packed = model(**inputs.inputs).logits[0]
@@ -171,17 +188,108 @@ def test_pretraining_with_document_masking_learns_and_resumes_exactly(clm_data, 
     assert again == losses and len(losses) == 2
 
 
-def test_document_masking_is_refused_for_the_encoder_objectives(clm_data, tmp_path):
+def tiny_bert(attn: str) -> torch.nn.Module:
+    config = BertConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    config._attn_implementation = attn
+    return BertForMaskedLM(config)
+
+
+def tiny_modernbert(attn: str) -> torch.nn.Module:
+    config = ModernBertConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,  # layers 0 and 3k global, the others sliding-window
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        local_attention=8,  # a window shorter than the documents
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        cls_token_id=2,
+        sep_token_id=1,
+    )
+    config._attn_implementation = attn
+    return ModernBertForMaskedLM(config)
+
+
+class MaskTokenizer:
+    """What MaskedLM reads of a tokenizer: a mask id and the special ids."""
+
+    mask_token_id = 3
+    all_special_ids = [0, 1, 2, 3]
+    name_or_path = "test"
+
+    def __len__(self) -> int:
+        return 97
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("make_model", [tiny_bert, tiny_modernbert])
+def test_a_masked_document_packed_after_another_has_its_logits_alone(make_model, attn):
+    """mlm: the block-diagonal bidirectional mask and restarting positions make a packed
+    document's logits (at masked and unmasked positions) those it has alone."""
+    torch.manual_seed(0)
+    model = make_model(attn).eval()
+    first = torch.randint(4, 97, (11,))
+    second = torch.randint(4, 97, (17,))
+    tokens = torch.cat([first, second, torch.tensor([5])]).unsqueeze(0)
+    positions = torch.cat([torch.arange(11), torch.arange(18)]).unsqueeze(0)
+    objective = DocumentMasking(MaskedLM(MaskTokenizer(), probability=0.3), model.config)
+    inputs = objective.prepare(PackedWindows(tokens, positions), torch.Generator().manual_seed(1))
+    ids = inputs.inputs["input_ids"][0]
+    assert (ids == 3).any()  # some positions were masked
+    with torch.no_grad():
+        packed = model(**inputs.inputs).logits[0]
+        alone_first = model(input_ids=ids[:11].unsqueeze(0)).logits[0]
+        alone_second = model(input_ids=ids[11:].unsqueeze(0)).logits[0]
+        unmasked = model(input_ids=ids.unsqueeze(0)).logits[0]
+    torch.testing.assert_close(packed[:11], alone_first, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[11:], alone_second, rtol=1e-5, atol=1e-5)
+    # without document masking each document sees the other: the logits differ
+    assert (unmasked[:11] - alone_first).abs().max() > 1e-4  # 10x the tolerance above
+
+
+def test_mlm_pretraining_with_document_masking_learns(tiny_tokenizer_dir, tmp_path):
+    tokenizer = add_mlm_and_span_tokens(tiny_tokenizer_dir, tmp_path / "tokenizer")
+    data = build_data(tmp_path / "data", tokenizer, SEQ_LEN, max_bytes=100_000)
+    path = write_pretrain_recipe(
+        tmp_path / "recipe.yaml",
+        output_dir=tmp_path / "out",
+        data=data,
+        model="preset: modernbert-tiny",
+        pretrain=TRAIN.replace("steps: 40", "steps: 20") + "    document_masking: true\n",
+    )
+    result = run_pretrain(load_recipe(path))
+    val = curve(read_records(result.run_dir), "val_loss")
+    assert [step for step, _ in val] == [0, 20]
+    assert val[-1][1] < val[0][1] - 0.5, val
+
+
+def test_document_masking_is_refused_for_span_corruption(clm_data, tmp_path):
     path = write_pretrain_recipe(
         tmp_path / "recipe.yaml",
         output_dir=tmp_path / "out",
         data=clm_data,
-        model="preset: bert-tiny",
-        pretrain="steps: 5\nobjective: mlm\ndocument_masking: true\n",
+        model="preset: t5-tiny",
+        pretrain="steps: 5\nobjective: span\ndocument_masking: true\n",
     )
     with pytest.raises(RecipeError) as err:
         run_pretrain(load_recipe(path))
-    assert str(err.value).startswith("pretrain.document_masking: supported for the clm objective")
+    assert str(err.value) == (
+        "pretrain.document_masking: not supported for the span objective (T5): its forward "
+        "gives the encoder's attention mask to the decoder's cross-attention as well, so one "
+        "per-document mask cannot serve both; set document_masking: false"
+    )
 
 
 # ---------------------------------------------------------------------------- Muon

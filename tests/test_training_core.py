@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from llmtrain.distributed import DeepSpeedSection, build_deepspeed_config
-from llmtrain.errors import StageInputError, TrainingError
+from llmtrain.errors import RecipeError, StageInputError, TrainingError
 from llmtrain.recipe import load_recipe
 from llmtrain.rundir import RunDir
 from llmtrain.train.engine import (
@@ -225,3 +225,58 @@ def test_run_directory_is_prepared_by_rank_0_between_barriers(clm_data, tmp_path
         run.tracker.close()
         assert events == expected
         assert (tmp_path / "out" / "pretrain" / "config.yaml").is_file() == (rank == 0)
+
+
+def test_fsdp_refuses_fp16_and_muon():
+    from types import SimpleNamespace
+
+    from llmtrain.train.fsdp import check_fsdp
+
+    with pytest.raises(RecipeError) as error:
+        check_fsdp(SimpleNamespace(precision="fp16", optimizer="adamw"))
+    assert str(error.value) == (
+        "pretrain.fsdp runs bf16 or fp32: fp16 would need a loss scaler for the sharded "
+        "gradients, which llmtrain does not build; set pretrain.precision: bf16"
+    )
+    with pytest.raises(RecipeError) as error:
+        check_fsdp(SimpleNamespace(precision="bf16", optimizer="muon"))
+    assert str(error.value) == (
+        "pretrain.optimizer muon does not run under FSDP: FSDP hands the optimizer row shards "
+        "of each weight matrix and Muon orthogonalises whole matrices; remove pretrain.fsdp "
+        "(DDP) or use optimizer: adamw"
+    )
+
+
+def test_align_fsdp_is_accelerates_fsdp2_on_gpus_and_refused_on_cpus(monkeypatch, tmp_path):
+    """The align methods' fsdp section becomes the Trainer's FSDP2 plugin arguments; without a
+    CUDA GPU it is refused (accelerate would silently train as DDP)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from llmtrain.distributed import FSDPSection
+    from llmtrain.train.align.trl_glue import AlignRun
+
+    run = SimpleNamespace(
+        method="sft", section=SimpleNamespace(fsdp=FSDPSection(reshard_after_forward=False))
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RecipeError) as error:
+        AlignRun.fsdp_args(run)
+    assert str(error.value) == (
+        "sft.fsdp needs CUDA GPUs: TRL trains through accelerate, which runs FSDP only on "
+        "accelerators (on CPU processes it would silently train as DDP, unsharded); remove "
+        "sft.fsdp, or use sft.deepspeed (ZeRO runs on CPUs too)"
+    )
+    assert (
+        AlignRun.fsdp_args(SimpleNamespace(method="sft", section=SimpleNamespace(fsdp=None))) == {}
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **AlignRun.fsdp_args(run))
+    assert args.fsdp_plugin_args == {
+        "fsdp_version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "cpu_ram_efficient_loading": False,
+        "state_dict_type": "FULL_STATE_DICT",
+        "reshard_after_forward": False,
+    }

@@ -7,6 +7,7 @@ checkpoints/step-N/
     model.safetensors     model weights (DDP / one process; rank 0)
     optimizer.pt          optimizer state (DDP / one process; rank 0)
     deepspeed/            DeepSpeed's own layout under ZeRO (every rank writes its shards)
+    fsdp/                 a torch.distributed.checkpoint directory under FSDP2 (train/fsdp.py)
 
 A checkpoint is written under `checkpoints/.step-N.tmp` by every rank, then, after a barrier,
 renamed by rank 0: a reader (or a resumed run) only ever sees complete checkpoints. Nothing is
@@ -122,7 +123,7 @@ def check_compatible(state: dict[str, Any], *, world_size: int, engine: str, whe
     if state["engine"] != engine:
         raise RunDirError(
             f"{where} was written with {state['engine']} and this run uses {engine}; resume "
-            f"with the same pretrain.deepspeed setting"
+            "with the same engine settings (the stage's deepspeed or fsdp section)"
         )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmtrain.distributed import DeepSpeedSection, Precision
+from llmtrain.distributed import DeepSpeedSection, FSDPSection, Precision, one_sharding_engine
 from llmtrain.schema import InputPath, Section
 from llmtrain.train.presets import FAMILY_OBJECTIVE, MOE_FAMILIES, PRESETS
 
@@ -262,7 +262,10 @@ class PretrainSection(Section):
     """--resume on a data build whose training shards changed since the checkpoint: continue
     on the new data (each source keeps its position) instead of refusing."""
     deepspeed: DeepSpeedSection | None = None
-    """DeepSpeed ZeRO (see docs/recipes.md#deepspeed); without it several processes use DDP."""
+    """DeepSpeed ZeRO (see docs/recipes.md#deepspeed); without it (and fsdp) several processes
+    use DDP."""
+    fsdp: FSDPSection | None = None
+    """FSDP2, torch's fully_shard (docs/recipes.md#fsdp); instead of deepspeed."""
     compile: bool = False
     """torch.compile the model."""
     activation_checkpointing: bool = False
@@ -282,6 +285,7 @@ class PretrainSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> PretrainSection:
+        one_sharding_engine(self)
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size {self.global_batch_size} is not a multiple of "

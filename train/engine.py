@@ -1,6 +1,7 @@
-"""How one optimizer step is executed: plain (one process or DDP) or DeepSpeed ZeRO.
+"""How one optimizer step is executed: plain (one process or DDP), DeepSpeed ZeRO or FSDP2
+(train/fsdp.py).
 
-Both engines take the same calls from the loop:
+The engines take the same calls from the loop:
 
     with engine.micro_batch(last=...):     # DDP: no gradient all-reduce until the last one
         outputs = engine.forward(inputs)
@@ -28,6 +29,7 @@ import torch
 from llmtrain.compat import reset_accelerate_state, zero3_full_state_dict
 from llmtrain.errors import RunDirError, StageInputError
 from llmtrain.train import checkpoint as ckpt
+from llmtrain.train.fsdp import FSDPEngine, release_group_of_one
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +179,12 @@ class DeepSpeedEngine:
         return self.module.state_dict() if self.engine.global_rank == 0 else None
 
 
+Engine = PlainEngine | DeepSpeedEngine | FSDPEngine
+"""What build_engine returns (the loop's view of an engine)."""
+
+
 @contextlib.contextmanager
-def no_grad_eval(engine: PlainEngine | DeepSpeedEngine) -> Iterator[None]:
+def no_grad_eval(engine: Engine) -> Iterator[None]:
     engine.eval()
     try:
         with torch.no_grad():
@@ -243,16 +249,16 @@ def offloads_optimizer(ds_config: dict[str, Any] | None) -> bool:
     return offload.get("device", "none") not in (None, "none")
 
 
-def make_accelerator(section: Any, *, use_deepspeed: bool) -> Any:
-    """accelerate's Accelerator: process group (gloo on CPU), device, autocast, fp16 scaling
-    (DeepSpeed runs the precision itself: no autocast under it)."""
+def make_accelerator(section: Any, *, engine_precision: bool) -> Any:
+    """accelerate's Accelerator: process group (gloo on CPU), device, autocast, fp16 scaling;
+    `engine_precision`: the engine runs the precision itself (DeepSpeed, FSDP2), no autocast."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[section.precision]
     return Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision="no" if use_deepspeed else mixed,
+        mixed_precision="no" if engine_precision else mixed,
         # gradients live in DDP's all-reduce buckets instead of beside them: 4 bytes per
         # parameter less, the same numbers
         kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
@@ -260,8 +266,10 @@ def make_accelerator(section: Any, *, use_deepspeed: bool) -> Any:
 
 
 def release_accelerator() -> None:
-    """Forget accelerate's process-wide state, so another run in this process starts clean."""
+    """Forget accelerate's process-wide state (and a process group of one that FSDP2 started),
+    so another run in this process starts clean."""
     reset_accelerate_state()
+    release_group_of_one()
 
 
 def build_engine(
@@ -271,14 +279,23 @@ def build_engine(
     accelerator: Any,
     ds_config: dict[str, Any] | None,
     section: Any,
-) -> PlainEngine | DeepSpeedEngine:
+) -> Engine:
     """The engine of a stage's trainable `model`: DeepSpeed ZeRO when `ds_config` is given (see
-    engine_deepspeed_config), else accelerate (one process or DDP); the optimizer is AdamW over
+    engine_deepspeed_config), FSDP2 when `section.fsdp` is set (train/fsdp.py: the model is
+    sharded in place), else accelerate (one process or DDP); the optimizer is AdamW over
     `groups` (optim.param_groups: decay on weight matrices only), DeepSpeed's CPU Adam when the
     config offloads optimizer states; Muon + AdamW with `section.optimizer: muon` (train/muon.py).
     `section` gives lr, beta1, beta2, eps, grad_clip and compile."""
     from llmtrain.train.optim import build_optimizer, fused_available
 
+    fsdp = getattr(section, "fsdp", None)
+    if fsdp is not None:
+        from llmtrain.train.fsdp import check_fsdp, shard_model, sharded_groups
+
+        check_fsdp(section)
+        names = {id(p): name for name, p in model.named_parameters()}
+        shard_model(model, section, device=accelerator.device)
+        groups = sharded_groups(groups, names, model)
     if getattr(section, "optimizer", "adamw") == "muon":  # pretraining's choice (train/muon.py)
         from llmtrain.train.muon import build_muon, check_muon
 
@@ -295,6 +312,8 @@ def build_engine(
             cpu_adam=offloads_optimizer(ds_config),
         )
     compile_model = bool(getattr(section, "compile", False))
+    if fsdp is not None:
+        return FSDPEngine(model, optimizer, section.grad_clip)  # compiled per block when sharded
     if ds_config is not None:
         engine = DeepSpeedEngine(model, optimizer, ds_config)
         if compile_model:

@@ -30,7 +30,7 @@ import torch
 from llmtrain.errors import RunDirError
 from llmtrain.rundir import disk_errors
 from llmtrain.train import checkpoint as ckpt
-from llmtrain.train.engine import DeepSpeedEngine, PlainEngine
+from llmtrain.train.engine import DeepSpeedEngine, Engine
 from llmtrain.train.nonfinite import NonfiniteSteps, nonfinite_final_error, weights_finite
 from llmtrain.train.resume import apply_peak_lrs
 from llmtrain.train.stage_run import StageRun
@@ -49,7 +49,7 @@ class Method(Protocol):
 
     step: int
     total_steps: int
-    engine: PlainEngine | DeepSpeedEngine
+    engine: Engine
     scheduler: Any
     evaluate_at_start: bool
     """Evaluate the untrained model as step 0 of the curve."""

@@ -39,8 +39,13 @@ def hidden_matrix_names(model: nn.Module) -> list[str]:
     ]
 
 
-def plan_line(model: nn.Module, zero_stage: int) -> str:
+def plan_line(model: nn.Module, zero_stage: int, fsdp: bool = False) -> str:
     """What `llmtrain plan` says about optimizer: muon for this (meta-device) model."""
+    if fsdp:
+        return (
+            "optimizer   muon: refused under FSDP2 (row shards of each matrix); the recipe runs "
+            "only with DDP"
+        )
     if zero_stage:
         return (
             f"optimizer   muon: refused under DeepSpeed ZeRO-{zero_stage} (flat 1-D partitions); "

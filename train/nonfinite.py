@@ -63,6 +63,8 @@ def weights_finite(module: Any, accelerator: Any) -> bool:
     bad = 0.0
     for param in module.parameters():
         local = getattr(param, "ds_tensor", param)  # ZeRO-3: this rank's partition
+        if hasattr(local, "to_local"):  # FSDP2: a DTensor; this rank's shard
+            local = local.to_local()
         if not bool(torch.isfinite(local.detach()).all()):
             bad = 1.0
             break

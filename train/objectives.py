@@ -42,8 +42,15 @@ class ModelInputs:
             self.num_targets = int((self.labels != IGNORE).sum())
 
     def to(self, device: torch.device | str) -> ModelInputs:
-        inputs = {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}
+        inputs = {k: _to(v, device) for k, v in self.inputs.items()}
         return ModelInputs(inputs, self.labels.to(device, non_blocking=True), self.num_targets)
+
+
+def _to(value: Any, device: torch.device | str) -> Any:
+    """A tensor, or a dict of them (an attention mask per layer type), on `device`."""
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True)
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ the meta device):
   L(N, D) = 1.69 + 406.4 / N^0.34 + 410.7 / D^0.28 (Hoffmann et al. 2022, approach 3);
 - memory per GPU for ZeRO stages 0-3 with and without CPU offload: model states (ZeRO paper,
   with the byte counts of the engines llmtrain uses) plus activations of one micro-batch and
-  the logits; whether that fits the GPU;
+  the logits; whether that fits the GPU; the same for FSDP2 (fsdp_memory_rows);
 - wall time on the given GPUs at a given MFU.
 
 The memory figures are estimates; docs/benchmarks.md compares them with measured peaks.
@@ -18,7 +18,7 @@ The memory figures are estimates; docs/benchmarks.md compares them with measured
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,102 @@ def memory_rows(
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# FSDP2 memory (pretrain.fsdp; train/fsdp.py)
+
+
+@dataclass(frozen=True)
+class FSDPRow:
+    reshard_after_forward: bool
+    cpu_offload: bool
+    states_gib: float
+    """This GPU's shards of fp32 weights, gradients and AdamW moments."""
+    gathered_gib: float
+    """Parameters and gradients held unsharded while a unit computes."""
+    activations_gib: float
+    cpu_gib: float
+    fits: bool | None
+
+    @property
+    def total_gib(self) -> float:
+        return self.states_gib + self.gathered_gib + self.activations_gib
+
+
+def fsdp_state_bytes(
+    params: int, root_params: int, blocks: int, *, world: int, precision: str,
+    reshard_after_forward: bool, cpu_offload: bool,
+) -> tuple[float, float, float]:  # fmt: skip
+    """(sharded states on one GPU, gathered parameters and gradients, CPU bytes per process).
+
+    Sharded: fp32 weights, fp32 gradients (reduced in fp32) and two fp32 AdamW moments, 16
+    bytes per parameter over the processes (ZeRO-3's split); cpu_offload moves them to the
+    CPU. Gathered, in the compute precision (w bytes): the root unit (embeddings, head: kept
+    from forward to backward) and, with reshard_after_forward, two blocks (the one computing
+    and the one prefetched) plus one block's unsharded gradients before their reduce-scatter
+    (w + 4 bytes: cast to fp32 to reduce); without it every block's parameters stay gathered
+    from forward to backward."""
+    w = 4.0 if precision == "fp32" else 2.0
+    block = (params - root_params) / max(blocks, 1)
+    sharded = 16.0 * params / world
+    held_blocks = (2 * block if reshard_after_forward else params - root_params) * w
+    gathered = root_params * w + held_blocks + block * (w + 4.0)
+    if cpu_offload:
+        return 0.0, gathered, sharded
+    return sharded, gathered, 0.0
+
+
+def fsdp_memory_rows(
+    params: int, root_params: int, blocks: int, activations: float, *, world: int,
+    precision: str, gpu_gib: float | None,
+) -> list[FSDPRow]:  # fmt: skip
+    rows = []
+    for reshard, offload in [(True, False), (False, False), (True, True)]:
+        gpu, gathered, cpu = fsdp_state_bytes(
+            params, root_params, blocks, world=world, precision=precision,
+            reshard_after_forward=reshard, cpu_offload=offload,
+        )  # fmt: skip
+        total = (gpu + gathered + activations) / GIB
+        fits = None if gpu_gib is None else total <= USABLE_MEMORY * gpu_gib
+        rows.append(
+            FSDPRow(reshard, offload, gpu / GIB, gathered / GIB, activations / GIB, cpu / GIB, fits)
+        )
+    return rows
+
+
+def transformer_blocks(config: Any) -> int:
+    """Blocks FSDP2 shards one by one (T5: the encoder's and the decoder's)."""
+    layers = _get(config, "num_hidden_layers", "num_layers", "n_layer")
+    return layers + int(getattr(config, "num_decoder_layers", None) or 0)
+
+
+def format_fsdp(plan: Any) -> list[str]:
+    """The FSDP2 table of `llmtrain plan`."""
+    lines = [
+        "",
+        "| FSDP2 | states GiB | gathered GiB | activations GiB | total GiB | CPU GiB/process "
+        "| fits |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    recipe = plan.recipe_fsdp
+    for row in plan.fsdp_memory:
+        label = ("reshard" if row.reshard_after_forward else "no reshard") + (
+            " + cpu offload" if row.cpu_offload else ""
+        )
+        if recipe and (row.reshard_after_forward, row.cpu_offload) == recipe:
+            label += " (recipe)"
+        fits = "?" if row.fits is None else ("yes" if row.fits else "no")
+        lines.append(
+            f"| {label} | {_gib(row.states_gib)} | {_gib(row.gathered_gib)} | "
+            f"{_gib(row.activations_gib)} | {_gib(row.total_gib)} | {_gib(row.cpu_gib)} | "
+            f"{fits} |"
+        )
+    lines.append(
+        "\nFSDP2: states are this GPU's shards (16 bytes per parameter / GPUs); gathered: the "
+        "root unit (embeddings, head) and the blocks unsharded while they compute"
+    )
+    return lines
+
+
 def chinchilla_loss(params: float, tokens: float) -> float:
     """Hoffmann et al. (2022), approach 3: L(N, D) = E + A / N^alpha + B / D^beta."""
     return 1.69 + 406.4 / params**0.34 + 410.7 / tokens**0.28
@@ -323,10 +419,16 @@ class Plan:
     """With pretrain.optimizer muon: its parameters and the optimizer memory it saves."""
     float8: str = ""
     """With pretrain.float8: what it changes on the planned GPU, or why it is refused."""
+    fsdp_memory: list[FSDPRow] = field(default_factory=list)
+    """The same memory under FSDP2 (pretrain.fsdp)."""
+    recipe_fsdp: tuple[bool, bool] | None = None
+    """(reshard_after_forward, cpu_offload) of the recipe's fsdp section."""
 
     def to_json(self) -> str:
         data = asdict(self)
         for row, mem in zip(data["memory"], self.memory):
+            row["total_gib"] = mem.total_gib
+        for row, mem in zip(data["fsdp_memory"], self.fsdp_memory):
             row["total_gib"] = mem.total_gib
         return json.dumps(data, indent=2)
 
@@ -478,18 +580,41 @@ def make_plan(
         total_flops=total_flops,
         wall_hours=wall,
         float8=plan_line(gpu, precision) if section and section.float8 else "",
-        muon=_muon_line(config, objective, zero) if section and section.optimizer == "muon" else "",
+        muon=_muon_line(config, objective, zero, fsdp=section.fsdp is not None)
+        if section and section.optimizer == "muon"
+        else "",
+        fsdp_memory=fsdp_memory_rows(
+            counts.total,
+            counts.total - counts.non_embedding + _untied_head(config),
+            transformer_blocks(config),
+            activations,
+            world=gpus,
+            precision=precision,
+            gpu_gib=memory_gib,
+        ),
+        recipe_fsdp=(
+            (section.fsdp.reshard_after_forward, section.fsdp.cpu_offload)
+            if section and section.fsdp
+            else None
+        ),
     )
 
 
-def _muon_line(config: Any, objective: str, zero_stage: int) -> str:
+def _untied_head(config: Any) -> int:
+    """Parameters of an output head not tied to the embedding (in FSDP2's root unit)."""
+    if getattr(config, "tie_word_embeddings", True):
+        return 0
+    return config.vocab_size * _get(config, "hidden_size", "d_model", "n_embd")
+
+
+def _muon_line(config: Any, objective: str, zero_stage: int, fsdp: bool = False) -> str:
     import torch
 
     from llmtrain.train.muon import plan_line as muon_plan_line
 
     with torch.device("meta"):
         model = _model_class(config, objective)(config)
-    return muon_plan_line(model, zero_stage)
+    return muon_plan_line(model, zero_stage, fsdp)
 
 
 def _count_parameters(config: Any, model_class: type) -> tuple[Any, int]:
@@ -582,7 +707,9 @@ def format_plan(plan: Plan) -> str:
         fits = "?" if row.fits is None else ("yes" if row.fits else "no")
         mark = (
             " (recipe)"
-            if row.zero_stage == plan.recipe_zero_stage and row.offload == "none"
+            if row.zero_stage == plan.recipe_zero_stage
+            and row.offload == "none"
+            and plan.recipe_fsdp is None
             else ""
         )
         lines.append(
@@ -595,4 +722,5 @@ def format_plan(plan: Plan) -> str:
         "gradients, AdamW (16 bytes per parameter before sharding); DeepSpeed buffers: its "
         "reduce and prefetch buckets at their default sizes"
     )
+    lines += format_fsdp(plan)
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from llmtrain.runtime import dist_env
 from llmtrain.train import flops as flops_mod
 from llmtrain.train.engine import (
     DeepSpeedEngine,
-    PlainEngine,
+    Engine,
     build_engine,
     check_precision,
     engine_deepspeed_config,
@@ -73,7 +73,7 @@ class PretrainResult:
     final_dir: Path
     step: int
     model: torch.nn.Module
-    """The trained model of this process (under ZeRO-3 its parameters are partitioned)."""
+    """The trained model of this process (under ZeRO-3 and FSDP2 its parameters are sharded)."""
     last_metrics: dict[str, Any]
 
 
@@ -117,7 +117,10 @@ def run_pretrain(
 ) -> PretrainResult:
     """Pretrain as the recipe's `model` and `pretrain` sections say; returns where it wrote."""
     setup = prepare(recipe)
-    accelerator = make_accelerator(recipe.pretrain, use_deepspeed=setup.ds_config is not None)
+    accelerator = make_accelerator(
+        recipe.pretrain,
+        engine_precision=setup.ds_config is not None or recipe.pretrain.fsdp is not None,
+    )
     try:
         method = PretrainLoop(recipe, setup, accelerator)
         loop = TrainingLoop(method, setup.run, accelerator, recipe.pretrain)
@@ -198,7 +201,7 @@ def prepare(recipe: Any) -> Setup:
         model_config=model.config,
     )
     if section.document_masking:
-        objective = DocumentMasking(objective)
+        objective = DocumentMasking(objective, model.config)
     longest = objective.lengths.inputs if objective_name == "span" else data.seq_len
     check_positions(model.config, longest, seq_len=data.seq_len, data_dir=data.data_dir)
     check_token_ids(data.manifest, model.get_input_embeddings().num_embeddings, data.data_dir)
@@ -331,7 +334,7 @@ class PretrainLoop:
         self.model_config = model.config
         self.param_counts = flops_mod.parameter_counts(model)  # before ZeRO-3 partitions it
         self.flops_per_step, self.peak = self._flops_setup(model)
-        self.engine: PlainEngine | DeepSpeedEngine = build_engine(
+        self.engine: Engine = build_engine(
             model,
             param_groups(model, section.weight_decay),
             accelerator=accelerator,

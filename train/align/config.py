@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmtrain.chat import BUILTIN_TEMPLATES
-from llmtrain.distributed import DeepSpeedSection, Precision
+from llmtrain.distributed import DeepSpeedSection, FSDPSection, Precision, one_sharding_engine
 from llmtrain.schema import InputGlob, InputPath, Section
 
 OnTooLong = Literal["truncate", "drop"]
@@ -162,7 +162,11 @@ class AlignSection(Section):
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     deepspeed: DeepSpeedSection | None = None
-    """DeepSpeed ZeRO (see docs/recipes.md#deepspeed); without it several processes use DDP."""
+    """DeepSpeed ZeRO (see docs/recipes.md#deepspeed); without it (and fsdp) several processes
+    use DDP."""
+    fsdp: FSDPSection | None = None
+    """FSDP2 through accelerate (docs/recipes.md#fsdp); instead of deepspeed; CUDA GPUs only
+    (not ppo)."""
     lora: LoraSection | None = None
     """Train LoRA adapters instead of all weights."""
     log_every: int = Field(default=10, gt=0)
@@ -195,6 +199,7 @@ class AlignSection(Section):
 
     @model_validator(mode="after")
     def _check_common(self) -> AlignSection:
+        one_sharding_engine(self)
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size {self.global_batch_size} is not a multiple of "
@@ -211,6 +216,12 @@ class AlignSection(Section):
             )
         if self.precision == "fp16" and self.lora is not None and self.lora.quantization != "none":
             raise ValueError("QLoRA trains in bf16; set precision: bf16")
+        if self.fsdp is not None and self.lora is not None and self.lora.quantization != "none":
+            raise ValueError(
+                "lora.quantization (QLoRA) does not run under fsdp here: FSDP would have to shard "
+                "the 4-bit weights, which needs a storage dtype for them (bnb_4bit_quant_storage) "
+                "that llmtrain does not set; use lora.quantization: none, or deepspeed"
+            )
         return self
 
 

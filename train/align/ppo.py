@@ -239,8 +239,14 @@ class PPOTrainer:
         policy_dir = run.input_model_dir()
         self.tokenizer = run.load_tokenizer(policy_dir)
         check_precision(section.precision, "ppo")
+        if section.fsdp is not None:
+            raise RecipeError(
+                "ppo.fsdp: PPO runs on llmtrain's own loop with a policy, a value model and a "
+                "reference, and FSDP2 is built there for pretraining's single model only; use "
+                "ppo.deepspeed (ZeRO) to shard PPO"
+            )
         config = self._deepspeed_config()
-        self.accelerator = make_accelerator(section, use_deepspeed=config is not None)
+        self.accelerator = make_accelerator(section, engine_precision=config is not None)
         self.device = self.accelerator.device
         self.compute_dtype = compute_dtype(section.precision)
         self.counts: dict[str, int] = {}

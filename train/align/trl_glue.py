@@ -24,6 +24,9 @@ TRL trainer needs: its arguments, datasets, LoRA, callbacks, checkpoints and fin
   rewards/margins, ...) to our `Tracker` on rank 0, and forces a log at the last step.
 - **DeepSpeed**: the recipe's `deepspeed` section becomes the Trainer's DeepSpeed dict through
   `build_deepspeed_config`, with batch sizes, precision and clipping taken from the section.
+- **FSDP2**: the `fsdp` section becomes the Trainer's `fsdp`/`fsdp_config` (accelerate's FSDP2
+  plugin, wrapping the model's transformer blocks); refused without a CUDA GPU, since
+  accelerate 1.16 enables FSDP only on accelerators and a CPU launch would train as DDP.
 - **final/**: safetensors + tokenizer (+ chat template) + generation config whose eos ids include
   the chat end-of-turn token; LoRA runs write the adapter to <run dir>/adapter and merge it.
 - **Guards** (shared with the loop shell): a step with a non-finite gradient is skipped and
@@ -74,6 +77,10 @@ class AlignRun(StageRun):
 
     training_begun = False
     """Set once a resumed trainer has loaded its checkpoint (errors before: the checkpoint's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fsdp_args()  # fsdp without a GPU is refused before anything loads
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -161,6 +168,31 @@ class AlignRun(StageRun):
             world_size=self.env.world_size,
         )
 
+    def fsdp_args(self) -> dict[str, Any]:
+        """The Trainer's FSDP2 arguments of the `fsdp` section ({} without one)."""
+        import torch
+
+        fsdp = self.section.fsdp
+        if fsdp is None:
+            return {}
+        if not torch.cuda.is_available():
+            raise RecipeError(
+                f"{self.method}.fsdp needs CUDA GPUs: TRL trains through accelerate, which runs "
+                "FSDP only on accelerators (on CPU processes it would silently train as DDP, "
+                f"unsharded); remove {self.method}.fsdp, or use {self.method}.deepspeed (ZeRO runs "
+                "on CPUs too)"
+            )
+        return {
+            "fsdp": True,
+            "fsdp_config": {
+                "version": 2,
+                "reshard_after_forward": fsdp.reshard_after_forward,
+                "cpu_offload": fsdp.cpu_offload,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "state_dict_type": "FULL_STATE_DICT",
+            },
+        }
+
     def training_args(self, config_cls: type, *, has_validation: bool, **extra: Any) -> Any:
         """A TRL config (SFTConfig, RewardConfig, DPOConfig, GRPOConfig, ...) from the section."""
         import torch
@@ -218,6 +250,7 @@ class AlignRun(StageRun):
             "ddp_backend": "gloo" if self.env.is_distributed and not on_gpu else None,
             "use_cpu": not on_gpu,
             "dataloader_num_workers": 0,
+            **self.fsdp_args(),
         }
         kwargs.update(extra)
         return config_cls(**kwargs)
