@@ -188,8 +188,8 @@ def test_ppo_bad_input(rl_policy, tmp_path):
         "the policy and the value model from ppo.lr and value_lr); remove optimizer from the "
         "JSON and set it in the recipe"
     )
-    with pytest.raises(RecipeError, match=r"lora: PPO trains every weight"):
-        load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, lora={"r": 4}))
+    with pytest.raises(RecipeError, match=r"lora.quantization: 4bit \(QLoRA\) is not offered for"):
+        load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, lora={"quantization": "4bit"}))
     with pytest.raises(RecipeError, match=r"rollout_batch_size 20 is not a multiple of"):
         load_recipe(rl_recipe(tmp_path, "ppo", rl_policy, rollout_batch_size=20))
     recipe = load_recipe(rl_recipe(tmp_path, "ppo", rl_policy), ["ppo.model=null"])
@@ -393,7 +393,6 @@ def test_ppo_loss_is_a_token_mean_over_the_whole_update(rl_policy, tmp_path):
     """One minibatch of 12 sequences as 1 micro-batch of 12 and as 12 micro-batches of 1 gives
     the same gradient (every response token weighs the same); the mean of the 12 per-sequence
     means, which weighs short responses up, gives another."""
-    from llmtrain.train.align.ppo import response_logprobs
     from llmtrain.train.align.ppo_core import (
         clipped_policy_loss,
         clipped_value_loss,
@@ -428,19 +427,15 @@ def test_ppo_loss_is_a_token_mean_over_the_whole_update(rl_policy, tmp_path):
         module.zero_grad()
         section = trainer.section
         for row in indices.split(1):  # the previous rule: the mean of per-micro-batch means
-            logits, values = module(
-                rollout.input_ids[row], rollout.attention_mask[row], rollout.position_ids[row]
-            )
-            width = rollout.prompt_width
-            logprobs, _ = response_logprobs(
-                logits, rollout.input_ids[row], width, section.temperature
-            )
             m = rollout.mask[row]
+            logprobs, _, values = module(
+                rollout.input_ids[row], rollout.attention_mask[row], rollout.position_ids[row], m
+            )
             policy = clipped_policy_loss(
                 logprobs, rollout.old_logprobs[row], rollout.advantages[row], m, 0.2
             )
             value_loss, _ = clipped_value_loss(
-                values[:, width - 1 : -1], rollout.old_values[row], rollout.returns[row], m, 0.2
+                values, rollout.old_values[row], rollout.returns[row], m, 0.2
             )
             ((policy.loss + section.vf_coef * value_loss) / 12).backward()
         mean_of_means = gradient(trainer)

@@ -159,10 +159,10 @@ class PPOSection(RLSection):
 
     @model_validator(mode="after")
     def _rollout_is_whole_minibatches(self) -> PPOSection:
-        if self.lora is not None:
+        if self.lora is not None and self.lora.quantization != "none":
             raise ValueError(
-                "lora: PPO trains every weight of the policy and of the value model; LoRA is not "
-                "supported here (remove ppo.lora; grpo, dpo and sft take lora)"
+                f"lora.quantization: {self.lora.quantization} (QLoRA) is not offered for ppo "
+                "(its policy and value model train from fp32 weights); set quantization: none"
             )
         if self.rollout_batch_size % self.global_batch_size:
             raise ValueError(
