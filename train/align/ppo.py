@@ -6,7 +6,8 @@ One iteration:
      most max_new_tokens, stopping at the end-of-sequence or end-of-turn token);
   2. scoring: the rewards of rewards.py, a penalty for completions without an end token, and
      normalisation (running or batch statistics);
-  3. the old policy's, the reference's and the value model's views of every response token;
+  3. the old policy's, the reference's and the value model's views of every response token
+     (log-probs through the fused LM head of train/logprobs.py: no [batch, length, vocab] logits);
      per-token rewards = score at the last token - kl_coef x (log p - log p_ref); GAE;
   4. ppo_epochs passes of minibatches (global_batch_size sequences per optimizer step) with
      the clipped policy loss, the clipped value loss and an optional entropy bonus;
@@ -20,6 +21,8 @@ generation. Losses are token means over the whole optimizer step: each micro-bat
 is divided by the minibatch's token count over every process, so neither gradient accumulation
 nor the number of processes changes the gradient. Checkpoints hold the module, optimizer,
 scheduler, RNG, prompt position, KL coefficient and reward statistics; final/ is the policy.
+With `lora` the policy and the value model train adapters and the reference is the policy with
+its adapters disabled (no copy); final/ is the input model with the adapter merged.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
 
 from llmtrain.chat import end_of_turn_token_id, stop_token_ids
@@ -114,7 +118,8 @@ class PolicyAndValue(nn.Module):
         logprobs, entropy = response_logprobs(
             self.policy, input_ids, attention_mask, response_mask, position_ids=position_ids
         )
-        backbone = getattr(self.value, self.value.base_model_prefix)
+        value = self.value.get_base_model() if is_peft_model(self.value) else self.value
+        backbone = getattr(value, value.base_model_prefix)
         hidden = backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -122,7 +127,7 @@ class PolicyAndValue(nn.Module):
             use_cache=False,
         ).last_hidden_state
         width = input_ids.shape[1] - response_mask.shape[1]
-        values = self.value.score(hidden[:, width - 1 : -1]).squeeze(-1).float()
+        values = value.score(hidden[:, width - 1 : -1]).squeeze(-1).float()
         return logprobs, entropy, values
 
 

@@ -110,7 +110,9 @@ class RLSection(AlignSection):
 
 class PPOSection(RLSection):
     """PPO (InstructGPT-style RLHF): rollouts, KL penalty to a frozen reference, GAE, clipped
-    policy and value losses. `global_batch_size` is the minibatch of one optimizer step."""
+    policy and value losses. `global_batch_size` is the minibatch of one optimizer step. With
+    `lora`, the policy and the value model train adapters (the value head in full) and the
+    reference is the policy with its adapters disabled."""
 
     rollout_batch_size: int = Field(default=64, gt=0)
     """Prompts sampled per PPO iteration over all processes (a multiple of global_batch_size)."""
