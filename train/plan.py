@@ -845,11 +845,13 @@ def rl_memory_plans(
 
 
 def format_rl_memory(plans: list[RLMemory], gpus: int, gpu: str) -> str:
+    """One table per RL stage, each after a blank line (nothing without RL stages)."""
     lines = []
     for plan in plans:
         capacity = f"{plan.gpu_gib:.0f} GiB" if plan.gpu_gib else "unknown memory"
         fits = "?" if plan.fits is None else ("yes" if plan.fits else "no")
         lines += [
+            "",
             "",
             f"{plan.stage} ({plan.kind}) memory per GPU: {gpus} x {gpu} ({capacity}), ZeRO "
             f"{plan.zero_stage}{', LoRA' if plan.lora else ''}; fits: {fits}",
