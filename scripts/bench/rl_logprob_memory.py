@@ -1,7 +1,8 @@
 """Peak memory of the log-probabilities of sampled tokens at a real vocabulary: the full logits
 (what PPO did before: logits [1, T, V], fp32 log_softmax, gather) against the fused head of
 train/logprobs.py (TRL's chunked kernel: at most one 4096 x 32768 tile of logits), forward and
-backward, each in its own subprocess (peak RSS from getrusage; the same model and tokens).
+backward, each in its own subprocess (peak RSS from getrusage; the same model and tokens),
+and the fused head again with smaller tiles of tokens (--token-tile, 0 to skip).
 
 The model is a Llama with no decoder layer and a tied head, so its hidden states have the
 real width and everything else is the head: what is measured is the log-prob part alone.
@@ -9,7 +10,8 @@ real width and everything else is the head: what is measured is the log-prob par
     python scripts/bench/rl_logprob_memory.py                       # vocab 128256, 2048 tokens, width 2048
     python scripts/bench/rl_logprob_memory.py --vocab 32000 --tokens 512 --width 512
 
-fp32 on the CPU; at the defaults the full-logits run peaks near 7 GiB.
+fp32 on the CPU; at the defaults the full-logits run peaks near 4.5 GiB RSS (7 GiB with
+--tokens 4096 --width 1024).
 """
 
 from __future__ import annotations
