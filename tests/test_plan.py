@@ -220,3 +220,103 @@ def test_fsdp2_memory_shards_states_like_zero3_and_marks_the_recipe():
     )
     assert make_plan(muon).muon.startswith("optimizer   muon: refused under FSDP2")
     assert "| 0 (recipe) |" not in text  # the ZeRO table marks no row under FSDP2
+
+def rl_body(kind: str, **section) -> dict:
+    return {
+        "name": "p",
+        "output_dir": "out",
+        "model": {"preset": "llama-tiny", "vocab_size": 576},
+        kind: {
+            "data": [{"path": "prompts.jsonl"}],
+            "rewards": [{"type": "reward_model"}],
+            "precision": "bf16",
+            "global_batch_size": 16,
+            "micro_batch_size": 4,
+            "max_prompt_length": 100,
+            "max_new_tokens": 156,
+            **section,
+        },
+    }
+
+
+def rl_recipe(kind: str, **section):
+    return validate_recipe(rl_body(kind, **section))
+
+
+# llama-tiny at vocabulary 576, counted by hand: H 64, 2 layers, 4 heads of 16, 2 KV heads
+# (keys and values 32 wide), MLP 176, tied head
+V, H, KV, MLP, LAYERS = 576, 64, 32, 176, 2
+LAYER = H * H + H * KV + H * KV + H * H + 3 * H * MLP + 2 * H  # q k v o, gate up down, 2 norms
+POLICY = V * H + LAYERS * LAYER + H  # embedding (= head), layers, final norm
+VALUE = POLICY + H  # the backbone and a scalar head `score`, no bias
+LENGTH, COMPLETION, MICRO = 256, 156, 4
+
+
+def test_rl_memory_follows_a_hand_calculation():
+    from llmtrain.train.plan import rl_memory
+
+    assert POLICY == 129344
+    ppo = rl_memory(rl_recipe("ppo", rollout_batch_size=64), "ppo", gpus=2, gpu_memory=80.0)
+    sequences = 64 // 2
+    expected = {
+        "policy": 16 * POLICY,  # fp32 weights and gradients, two fp32 AdamW moments
+        "value model": 16 * VALUE,
+        "reference": 2 * POLICY,  # frozen, bf16
+        "reward models": 2 * VALUE,
+        "rollout buffers": sequences * (24 * LENGTH + 24 * COMPLETION),
+        "DeepSpeed buffers": 0,
+    }
+    assert ppo.parts == pytest.approx({k: v / GIB for k, v in expected.items()})
+    # per token of a layer: norms' in/out (4H), q, k, v, rotated q and k, attention output,
+    # gate, up, act(gate), product; policy and value model, bf16
+    per_token = 4 * H + 2 * H + 3 * KV + H + 4 * MLP
+    assert ppo.activations_gib * GIB == pytest.approx(2 * 2 * LAYERS * per_token * MICRO * LENGTH)
+    scored = MICRO * COMPLETION
+    tile = scored * V * 2  # one tile (both fit in 4096 x 32768), bf16
+    fused = tile + 4 * scored * H + 4 * V * H  # fp32 grads of the hidden states and the head
+    assert ppo.logprob_fused_gib * GIB == pytest.approx(fused)
+    full = MICRO * LENGTH * V * (2 + 8)  # bf16 logits, fp32 copy, fp32 gradient
+    assert ppo.logprob_full_gib * GIB == pytest.approx(full)
+    kv = 2 * LAYERS * KV * LENGTH * sequences * 2
+    assert ppo.kv_cache_gib * GIB == pytest.approx(kv)
+    held = sum(expected.values())
+    assert ppo.training_gib * GIB == pytest.approx(held + 2 * 2 * LAYERS * per_token * 1024 + fused)
+    assert ppo.generation_gib * GIB == pytest.approx(held + kv) and ppo.fits
+
+    # LoRA r 8 on every Linear but the head: the base frozen in fp32, no reference copy
+    lora = rl_memory(rl_recipe("ppo", lora={"r": 8}), "ppo", gpus=1, gpu_memory=None)
+    adapters = LAYERS * 8 * ((H + H) + (H + KV) * 2 + (H + H) + (H + MLP) * 2 + (MLP + H))
+    assert lora.parts["policy"] * GIB == pytest.approx(4 * POLICY + 16 * adapters)
+    assert lora.parts["value model"] * GIB == pytest.approx(4 * VALUE + 16 * (adapters + H))
+    assert lora.parts["reference"] == 0 and lora.fits is None
+    assert lora.logprob_fused_gib * GIB == pytest.approx(tile + 4 * scored * H)  # head frozen
+
+    # GRPO (TRL): no value model; the reference in the checkpoint's fp32, sharded by ZeRO-3
+    grpo = rl_memory(
+        rl_recipe("grpo", deepspeed={"zero_stage": 3}), "grpo", gpus=4, gpu_memory=80.0
+    )
+    assert "value model" not in grpo.parts
+    assert grpo.parts["reference"] * GIB == pytest.approx(4 * POLICY / 4)
+    policy_states, _ = model_state_bytes(
+        POLICY, zero_stage=3, world=4, precision="bf16", offload="none"
+    )
+    assert grpo.parts["policy"] * GIB == pytest.approx(policy_states)
+    # generation: the 16 / 4 sequences' cache and the policy gathered from its shards (bf16)
+    assert grpo.kv_cache_gib * GIB == pytest.approx(
+        2 * LAYERS * KV * LENGTH * 4 * 2 + 2 * POLICY * 3 / 4
+    )
+
+
+def test_plan_prints_the_rl_stages(capsys, tmp_path):
+    import yaml
+
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump(rl_body("ppo", rollout_batch_size=64)))
+    main(["plan", str(path), "--gpus", "2", "--gpu", "H100"])
+    out = capsys.readouterr().out
+    assert "ppo (ppo) memory per GPU: 2 x H100 (80 GiB), ZeRO 0; fits: yes" in out
+    assert "| log-prob peak, fused head (chunked) |" in out
+    main(["plan", str(path), "--gpus", "2", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert [m["stage"] for m in data["rl_memory"]] == ["ppo"]
+    assert data["rl_memory"][0]["training_gib"] > data["rl_memory"][0]["held_gib"]

@@ -70,14 +70,24 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from llmtrain.train.plan import format_plan, make_plan
+    import json
 
+    from llmtrain.train.plan import format_plan, format_rl_memory, make_plan, rl_memory_plans
+
+    recipe = load_recipe_from_args(args)
     plan = make_plan(
-        load_recipe_from_args(args),
+        recipe,
         gpus=args.gpus,
         gpu=args.gpu,
         gpu_memory=args.gpu_memory,
         mfu=args.mfu,
         peak_tflops=args.peak_tflops,
     )
-    print(plan.to_json() if args.json else format_plan(plan))
+    # the recipe's RL stages: their memory per GPU after the pretraining plan
+    rl = rl_memory_plans(recipe, gpus=args.gpus, gpu=args.gpu, gpu_memory=args.gpu_memory)
+    if args.json:
+        data = json.loads(plan.to_json())
+        data["rl_memory"] = [memory.to_dict() for memory in rl]
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_plan(plan) + format_rl_memory(rl, args.gpus, args.gpu))

@@ -17,6 +17,7 @@ The memory figures are estimates; docs/benchmarks.md compares them with measured
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -723,4 +724,277 @@ def format_plan(plan: Plan) -> str:
         "reduce and prefetch buckets at their default sizes"
     )
     lines += format_fsdp(plan)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory of the RL stages (ppo, and grpo / gspo / rloo / online_dpo on TRL's GRPOTrainer)
+
+RL_KINDS = ("ppo", "grpo", "gspo", "rloo", "online_dpo")
+FUSED_TILE = (4096, 32768)
+"""Tokens x vocabulary entries of one tile of TRL's fused LM head (train/logprobs.py)."""
+
+
+@dataclass(frozen=True)
+class RLMemory:
+    """GiB on one GPU of an RL stage at its recipe's ZeRO stage (no offload)."""
+
+    stage: str
+    kind: str
+    zero_stage: int
+    lora: bool
+    parts: dict[str, float]
+    """What is held through the whole run: models (states or frozen weights), buffers."""
+    activations_gib: float
+    """One micro-batch's forward and backward through the policy (and the value model),
+    without the output head's logits."""
+    logprob_fused_gib: float
+    """The log-prob peak with the fused head (what the stages run): one tile, the fp32
+    gradient of the hidden states and, when the head trains, of its weight."""
+    logprob_full_gib: float
+    """The same with full logits [micro-batch, length, vocab] (the pretraining rule: the
+    training precision, an fp32 copy and its fp32 gradient)."""
+    kv_cache_gib: float
+    """Generation: the KV cache of the rollout batch at full length (plus, under ZeRO-3, the
+    policy's gathered weights)."""
+    gpu_gib: float | None
+
+    @property
+    def held_gib(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def training_gib(self) -> float:
+        return self.held_gib + self.activations_gib + self.logprob_fused_gib
+
+    @property
+    def training_full_logits_gib(self) -> float:
+        return self.held_gib + self.activations_gib + self.logprob_full_gib
+
+    @property
+    def generation_gib(self) -> float:
+        return self.held_gib + self.kv_cache_gib
+
+    @property
+    def fits(self) -> bool | None:
+        if self.gpu_gib is None:
+            return None
+        return max(self.training_gib, self.generation_gib) <= USABLE_MEMORY * self.gpu_gib
+
+    def to_dict(self) -> dict[str, Any]:
+        totals = ("held_gib", "training_gib", "training_full_logits_gib", "generation_gib", "fits")
+        return {**asdict(self), **{name: getattr(self, name) for name in totals}}
+
+
+def lora_parameters(model: Any, lora: Any, modules_to_save: tuple[str, ...] = ()) -> int:
+    """Parameters peft trains on `model` (trl_glue.lora_config): r x (inputs + outputs) per
+    adapted Linear (all-linear: every Linear but the output head), and the modules to save
+    (the section's and `modules_to_save`) in full."""
+    from torch import nn
+
+    saved = {*lora.modules_to_save, *modules_to_save}
+    head = model.get_output_embeddings()
+    count = 0
+    for name, module in model.named_modules():
+        last = name.split(".")[-1]
+        if last in saved:
+            count += sum(p.numel() for p in module.parameters())
+        elif isinstance(module, nn.Linear) and module is not head:
+            if lora.target_modules == "all-linear" or last in lora.target_modules:
+                count += lora.r * (module.in_features + module.out_features)
+    return count
+
+
+def trained_model_bytes(
+    params: int, adapters: int | None, *, zero_stage: int, world: int, precision: str
+) -> float:
+    """A trained model's weights, gradients and AdamW on one GPU (model_state_bytes); with LoRA
+    (`adapters` parameters) the frozen base holds only its weights: fp32 at stage 0 (as loaded),
+    the training precision under DeepSpeed (sharded at ZeRO-3)."""
+    if adapters is None:
+        states, _ = model_state_bytes(
+            params, zero_stage=zero_stage, world=world, precision=precision, offload="none"
+        )
+        return states
+    w = 4.0 if zero_stage == 0 or precision == "fp32" else 2.0
+    base = w * params / (world if zero_stage == 3 else 1)
+    states, _ = model_state_bytes(
+        adapters, zero_stage=zero_stage, world=world, precision=precision, offload="none"
+    )
+    return base + states
+
+
+def logprob_peak_bytes(
+    tokens: int, vocab: int, hidden: int, *, precision: str, fused: bool, head_trains: bool
+) -> float:
+    """Bytes of the log-probabilities of `tokens` positions beyond the hidden states, forward
+    and backward. Full logits: tokens x vocab x (training precision + an fp32 copy + its fp32
+    gradient), the rule of activation_bytes. Fused head: one tile of FUSED_TILE (training
+    precision), the fp32 gradient of the hidden states, and the fp32 accumulator of the head's
+    weight gradient when the head trains."""
+    element = 4.0 if precision == "fp32" else 2.0
+    if not fused:
+        return tokens * vocab * (element + 8.0)
+    tile = min(tokens, FUSED_TILE[0]) * min(vocab, FUSED_TILE[1]) * element
+    return tile + 4.0 * tokens * hidden + (4.0 * vocab * hidden if head_trains else 0.0)
+
+
+def kv_cache_bytes(config: Any, sequences: int, length: int, precision: str) -> float:
+    """Keys and values of every layer for `sequences` x `length` tokens."""
+    element = 4.0 if precision == "fp32" else 2.0
+    layers = _get(config, "num_hidden_layers", "n_layer")
+    heads = _get(config, "num_attention_heads", "n_head")
+    head_dim = getattr(config, "head_dim", None) or _get(config, "hidden_size", "n_embd") // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2.0 * layers * kv_heads * head_dim * length * sequences * element
+
+
+def rl_memory(recipe: Recipe, stage: str, *, gpus: int, gpu_memory: float | None) -> RLMemory:
+    """The memory of RL stage `stage` per GPU (docs/recipes.md#plan-rl)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kind = recipe.stage_kind(stage).name
+    section = recipe.for_stage(stage).section(kind)
+    config, family, vocab, _ = _model_and_vocab(recipe)
+    if section.model is not None and (Path(section.model) / "config.json").is_file():
+        from transformers import AutoConfig
+
+        from llmtrain.train.models import family_of_config
+
+        config = AutoConfig.from_pretrained(str(section.model))
+        family, vocab = family_of_config(config), config.vocab_size
+    zero = section.deepspeed.zero_stage if section.deepspeed else 0
+    precision, world = section.precision, gpus
+    element = 4.0 if precision == "fp32" else 2.0
+    causal = _meta_model(AutoModelForCausalLM, config)
+    scalar = copy.deepcopy(config)
+    scalar.num_labels = 1  # value and reward models: one score
+    classifier = _meta_model(AutoModelForSequenceClassification, scalar)
+    policy_params = sum(p.numel() for p in causal.parameters())
+    value_params = sum(p.numel() for p in classifier.parameters())
+    lora = section.lora
+    gib = 1.0 / GIB
+    parts = {
+        "policy": trained_model_bytes(
+            policy_params,
+            lora_parameters(causal, lora) if lora else None,
+            zero_stage=zero,
+            world=world,
+            precision=precision,
+        )
+        * gib
+    }
+    if kind == "ppo":
+        value_lora = None
+        if lora is not None:
+            value_lora = lora_parameters(classifier, lora, ("score",))
+        parts["value model"] = (
+            trained_model_bytes(
+                value_params, value_lora, zero_stage=zero, world=world, precision=precision
+            )
+            * gib
+        )
+        # a frozen copy in the compute dtype; with LoRA the policy with adapters disabled
+        reference = 0.0 if lora else element * policy_params
+    else:  # TRL: none at beta 0 or under LoRA, else loaded in the checkpoint's dtype (fp32)
+        reference = 0.0 if lora or section.beta == 0 else 4.0 * policy_params
+    parts["reference"] = reference / (world if zero == 3 else 1) * gib
+    reward_models = sum(1 for reward in section.rewards if reward.type == "reward_model")
+    parts["reward models"] = reward_models * element * value_params * gib
+    # sequences generated at once per process: PPO's rollout batch; TRL's generation batch
+    # (one optimizer step's completions at its default steps_per_generation)
+    batch = section.rollout_batch_size if kind == "ppo" else section.global_batch_size
+    sequences = -(-batch // world)
+    length = section.max_prompt_length + section.max_new_tokens
+    # ids, attention mask, position ids (int64) and six fp32 values per completion token
+    parts["rollout buffers"] = sequences * (24.0 * length + 24.0 * section.max_new_tokens) * gib
+    parts["DeepSpeed buffers"] = deepspeed_buffer_bytes(zero, precision) * gib
+    micro = section.micro_batch_size
+    logits = micro * length * vocab * (element + 8.0)  # what activation_bytes adds for them
+    backbone = (
+        activation_bytes(
+            config,
+            family,
+            micro_batch_size=micro,
+            seq_len=length,
+            precision=precision,
+            activation_checkpointing=section.activation_checkpointing,
+        )
+        - logits
+    )
+    activations = backbone * (2 if kind == "ppo" else 1)  # PPO: the value model's too
+    hidden = _get(config, "hidden_size", "n_embd")
+    # the fused head scores the completion tokens; the full logits cover every position
+    fused_peak = logprob_peak_bytes(
+        micro * section.max_new_tokens,
+        vocab,
+        hidden,
+        precision=precision,
+        fused=True,
+        head_trains=lora is None,
+    )
+    full_peak = logprob_peak_bytes(
+        micro * length, vocab, hidden, precision=precision, fused=False, head_trains=True
+    )
+    kv = kv_cache_bytes(config, sequences, length, precision)
+    if zero == 3:
+        kv += element * policy_params * (1 - 1 / world)
+    return RLMemory(
+        stage=stage,
+        kind=kind,
+        zero_stage=zero,
+        lora=lora is not None,
+        parts=parts,
+        activations_gib=activations * gib,
+        logprob_fused_gib=fused_peak * gib,
+        logprob_full_gib=full_peak * gib,
+        kv_cache_gib=kv * gib,
+        gpu_gib=gpu_memory,
+    )
+
+
+def _meta_model(auto_class: Any, config: Any) -> Any:
+    import torch
+
+    with torch.device("meta"):
+        return auto_class.from_config(config)
+
+
+def rl_memory_plans(
+    recipe: Recipe, *, gpus: int, gpu: str, gpu_memory: float | None = None
+) -> list[RLMemory]:
+    """rl_memory of every RL stage of the recipe (sections and instances), in run order."""
+    memory = gpu_memory if gpu_memory is not None else gpu_memory_gib(gpu)
+    return [
+        rl_memory(recipe, stage, gpus=gpus, gpu_memory=memory)
+        for stage in recipe.stage_names()
+        if recipe.stage_kind(stage).name in RL_KINDS
+    ]
+
+
+def format_rl_memory(plans: list[RLMemory], gpus: int, gpu: str) -> str:
+    """One table per RL stage, each after a blank line (nothing without RL stages)."""
+    lines = []
+    for plan in plans:
+        capacity = f"{plan.gpu_gib:.0f} GiB" if plan.gpu_gib else "unknown memory"
+        fits = "?" if plan.fits is None else ("yes" if plan.fits else "no")
+        lines += [
+            "",
+            "",
+            f"{plan.stage} ({plan.kind}) memory per GPU: {gpus} x {gpu} ({capacity}), ZeRO "
+            f"{plan.zero_stage}{', LoRA' if plan.lora else ''}; fits: {fits}",
+            "",
+            "| part | GiB |",
+            "|---|---:|",
+        ]
+        lines += [f"| {name} | {_gib(value)} |" for name, value in plan.parts.items()]
+        lines += [
+            f"| activations of one micro-batch | {_gib(plan.activations_gib)} |",
+            f"| log-prob peak, fused head (chunked) | {_gib(plan.logprob_fused_gib)} |",
+            f"| log-prob peak, full logits | {_gib(plan.logprob_full_gib)} |",
+            f"| **training** (fused head) | {_gib(plan.training_gib)} |",
+            f"| training with full logits | {_gib(plan.training_full_logits_gib)} |",
+            f"| **generation** (KV cache {_gib(plan.kv_cache_gib)}) | "
+            f"{_gib(plan.generation_gib)} |",
+        ]
     return "\n".join(lines)

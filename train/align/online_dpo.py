@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from llmtrain.compat import trainer_metrics
+from llmtrain.train.logprobs import response_logprobs
 
 
 def pair_rows(
@@ -57,18 +58,16 @@ def pair_rows(
     return chosen, rejected, tied
 
 
-def completion_log_probs(model: Any, inputs: dict, temperature: float) -> torch.Tensor:
-    """Sum of the log-probabilities of each row's completion tokens under `model`, from logits
-    divided by the sampling temperature (as TRL computes the reference's)."""
-    prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logits = logits[:, prompt_ids.size(1) - 1 : -1].float() / temperature
-    token_log_probs = torch.gather(
-        F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)
-    ).squeeze(-1)
-    return (token_log_probs * inputs["completion_mask"]).sum(1)
+def completion_log_probs(model: Any, inputs: dict) -> torch.Tensor:
+    """Sum of the log-probabilities of each row's completion tokens under `model`, at the
+    sampling temperature (GRPOTrainer gave the model TRL's fused head at it: no logits)."""
+    logprobs, _ = response_logprobs(
+        model,
+        torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1),
+        torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+        inputs["completion_mask"],
+    )
+    return logprobs.sum(1)
 
 
 def dpo_pair_loss(
@@ -98,7 +97,7 @@ def online_dpo_trainer_class() -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             chosen, rejected, tied = pair_rows(inputs["prompt_ids"], inputs["advantages"])
-            policy = completion_log_probs(model, inputs, self.temperature)
+            policy = completion_log_probs(model, inputs)
             mask = inputs["completion_mask"]
             reference = (inputs["ref_per_token_logps"] * mask).sum(1)
             if chosen:

@@ -6,7 +6,8 @@ One iteration:
      most max_new_tokens, stopping at the end-of-sequence or end-of-turn token);
   2. scoring: the rewards of rewards.py, a penalty for completions without an end token, and
      normalisation (running or batch statistics);
-  3. the old policy's, the reference's and the value model's views of every response token;
+  3. the old policy's, the reference's and the value model's views of every response token
+     (log-probs through the fused LM head of train/logprobs.py: no [batch, length, vocab] logits);
      per-token rewards = score at the last token - kl_coef x (log p - log p_ref); GAE;
   4. ppo_epochs passes of minibatches (global_batch_size sequences per optimizer step) with
      the clipped policy loss, the clipped value loss and an optional entropy bonus;
@@ -20,6 +21,8 @@ generation. Losses are token means over the whole optimizer step: each micro-bat
 is divided by the minibatch's token count over every process, so neither gradient accumulation
 nor the number of processes changes the gradient. Checkpoints hold the module, optimizer,
 scheduler, RNG, prompt position, KL coefficient and reward statistics; final/ is the policy.
+With `lora` the policy and the value model train adapters and the reference is the policy with
+its adapters disabled (no copy); final/ is the input model with the adapter merged.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
 
 from llmtrain.chat import end_of_turn_token_id, stop_token_ids
@@ -46,7 +51,6 @@ from llmtrain.train.align.ppo_core import (
     Stopwatch,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     masked_mean,
@@ -62,6 +66,7 @@ from llmtrain.train.align.prompts import (
 )
 from llmtrain.train.align.rewards import RewardSet, build_rewards, reward_search_path
 from llmtrain.train.align.rl_config import PPOSection
+from llmtrain.train.align.trl_glue import lora_config, merge_adapter
 from llmtrain.train.engine import (
     DeepSpeedEngine,
     PlainEngine,
@@ -72,6 +77,7 @@ from llmtrain.train.engine import (
     make_accelerator,
     release_accelerator,
 )
+from llmtrain.train.logprobs import deepspeed_zero3_flag, fuse_lm_head, response_logprobs
 from llmtrain.train.loop import TrainingLoop
 from llmtrain.train.optim import lr_multiplier, param_groups
 from llmtrain.train.stage_run import StageRun, finish_generation_config
@@ -84,9 +90,10 @@ def run_ppo(recipe: Any, args: Any) -> Path:
     run = StageRun(recipe, "ppo", section)
     try:
         trainer = PPOTrainer(recipe, section, run)
-        return TrainingLoop(trainer, run, trainer.accelerator, section).run(
-            resume=getattr(args, "resume", None), overwrite=getattr(args, "overwrite", False)
-        )
+        with deepspeed_zero3_flag(trainer.ds_config):
+            return TrainingLoop(trainer, run, trainer.accelerator, section).run(
+                resume=getattr(args, "resume", None), overwrite=getattr(args, "overwrite", False)
+            )
     finally:
         release_accelerator()
 
@@ -96,30 +103,32 @@ def run_ppo(recipe: Any, args: Any) -> Path:
 
 
 class PolicyAndValue(nn.Module):
-    """The policy (a causal LM) and the value model (a sequence classifier whose scalar head is
-    read at every position), trained together under one optimizer and engine."""
+    """The policy (a causal LM with the fused head of train/logprobs.py) and the value model (a
+    sequence classifier whose scalar head is read at every position), trained together under
+    one optimizer and engine."""
 
     def __init__(self, policy: nn.Module, value: nn.Module):
         super().__init__()
         self.policy = policy
         self.value = value
 
-    def forward(self, input_ids, attention_mask, position_ids):
-        logits = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).logits
-        backbone = getattr(self.value, self.value.base_model_prefix)
+    def forward(self, input_ids, attention_mask, position_ids, response_mask):
+        """(log-probs of the response tokens, their entropies, the values before each): all
+        [batch, R] for the last R = response_mask.shape[1] tokens."""
+        logprobs, entropy = response_logprobs(
+            self.policy, input_ids, attention_mask, response_mask, position_ids=position_ids
+        )
+        value = self.value.get_base_model() if is_peft_model(self.value) else self.value
+        backbone = getattr(value, value.base_model_prefix)
         hidden = backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state
-        values = self.value.score(hidden).squeeze(-1)
-        return logits, values
+        width = input_ids.shape[1] - response_mask.shape[1]
+        values = value.score(hidden[:, width - 1 : -1]).squeeze(-1).float()
+        return logprobs, entropy, values
 
 
 def value_model_source(section: PPOSection, rewards: RewardSet, tokenizer: Any) -> Path | None:
@@ -193,16 +202,6 @@ def frozen_under_deepspeed(
     return engine
 
 
-def response_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, width: int, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs of the response tokens at the sampling temperature, the response logits):
-    the logits at position t predict token t + 1, so the response's start at width - 1."""
-    logits = logits[:, width - 1 : -1].float() / temperature
-    targets = input_ids[:, width:]
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1), logits
-
-
 # ---------------------------------------------------------------------------------------------
 # The trainer
 
@@ -245,7 +244,8 @@ class PPOTrainer:
                 "reference, and FSDP2 is built there for pretraining's single model only; use "
                 "ppo.deepspeed (ZeRO) to shard PPO"
             )
-        config = self._deepspeed_config()
+        config = self.ds_config = self._deepspeed_config()
+        self.policy_dir = policy_dir
         self.accelerator = make_accelerator(section, engine_precision=config is not None)
         self.device = self.accelerator.device
         self.compute_dtype = compute_dtype(section.precision)
@@ -284,20 +284,30 @@ class PPOTrainer:
             trust_remote_code=section.trust_remote_code,
         )
         remote = {"trust_remote_code": section.trust_remote_code}
-        # trained weights stay fp32 (autocast, or DeepSpeed's fp32 master copy); the frozen
-        # reference runs in the compute dtype
+        # trained weights stay fp32 (autocast, or DeepSpeed's fp32 master copy)
         policy = AutoModelForCausalLM.from_pretrained(
             str(policy_dir), dtype=torch.float32, **remote
         )
         run.check_vocab(policy, self.tokenizer, policy_dir)
-        reference = AutoModelForCausalLM.from_pretrained(
-            str(policy_dir), dtype=self.compute_dtype, **remote
-        )
-        reference.requires_grad_(False).eval()
         self.value_source = value_model_source(section, self.rewards, self.tokenizer)
         value = load_value_model(self.value_source, policy_dir, torch.float32, **remote)
+        # log-probs and entropies through the fused head (train/logprobs.py): never the logits
+        fuse_lm_head(policy, temperature=section.temperature, entropy=True)
+        reference = None
+        if section.lora is None:  # the frozen reference runs in the compute dtype
+            reference = AutoModelForCausalLM.from_pretrained(
+                str(policy_dir), dtype=self.compute_dtype, **remote
+            )
+            reference.requires_grad_(False).eval()
+            fuse_lm_head(reference, temperature=section.temperature)
+        else:  # adapters on both; the reference is the policy with its adapters disabled
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, lora_config(section.lora, "CAUSAL_LM"))
+            value = get_peft_model(value, lora_config(section.lora, "SEQ_CLS", ("score",)))
         for model in (policy, value, reference):
-            disable_dropout(model)
+            if model is not None:
+                disable_dropout(model)
         if section.activation_checkpointing:
             for model in (policy, value):
                 model.gradient_checkpointing_enable(
@@ -317,7 +327,9 @@ class PPOTrainer:
         self.engine: PlainEngine | DeepSpeedEngine = build_engine(
             module, groups, accelerator=self.accelerator, ds_config=config, section=section
         )
-        if config is not None:
+        if reference is None:
+            self.reference = self.engine.module.policy
+        elif config is not None:
             self.reference = frozen_under_deepspeed(reference, config, self.device)
         else:
             self.reference = reference.to(self.device)
@@ -423,13 +435,33 @@ class PPOTrainer:
         pass
 
     def save_final(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
-        """final/ is the policy, with the tokenizer and the chat's end-of-turn token."""
+        """final/ is the policy, with the tokenizer and the chat's end-of-turn token. LoRA runs
+        write the policy's adapter to <run dir>/adapter and final/ as the input model with it
+        merged (lora.merge, the default) or as the adapter, as the TRL-backed methods do."""
         policy = self.engine.module.policy
         policy_state = {
             k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")
         }
-        policy.config.use_cache = True
-        policy.save_pretrained(str(directory), state_dict=policy_state, safe_serialization=True)
+        lora = self.section.lora
+        if lora is None:
+            policy.config.use_cache = True
+            policy.save_pretrained(str(directory), state_dict=policy_state, safe_serialization=True)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            adapter = self.run.run_dir.path / "adapter"
+            policy.save_pretrained(str(adapter), state_dict=policy_state)
+            if lora.merge:
+                base = AutoModelForCausalLM.from_pretrained(
+                    str(self.policy_dir),
+                    dtype=torch.float32,
+                    trust_remote_code=self.section.trust_remote_code,
+                )
+                base.config.use_cache = True
+                merge_adapter(base, adapter, directory)
+            else:
+                for item in adapter.iterdir():
+                    shutil.copy2(item, directory / item.name)
         self.tokenizer.save_pretrained(str(directory))
         turn_end = end_of_turn_token_id(self.tokenizer, self.template)
         finish_generation_config(directory, self.tokenizer, turn_end)
@@ -528,10 +560,21 @@ class PPOTrainer:
                 eos_token_id=self.stop_ids,
                 pad_token_id=pad,
                 use_cache=True,
+                synced_gpus=False,  # ZeRO-3: every rank holds the whole policy (generation_weights)
                 **kwargs,
             )
         policy.train(was_training)
         return out, attention.to(self.device)
+
+    @contextlib.contextmanager
+    def reference_weights(self) -> Iterator[None]:
+        """The reference's weights for the block: with LoRA the policy's own with its adapters
+        disabled (gathered once under ZeRO-3, as for generation); otherwise nothing to do."""
+        if self.section.lora is None:
+            yield
+            return
+        with self.generation_weights(), self.engine.module.policy.disable_adapter():
+            yield
 
     @contextlib.contextmanager
     def generation_weights(self) -> Iterator[None]:
@@ -618,21 +661,20 @@ class PPOTrainer:
         with torch.no_grad():
             for start in range(0, len(sequences), section.micro_batch_size):
                 part = slice(start, start + section.micro_batch_size)
-                logits, values = module(sequences[part], attention[part], position_ids[part])
-                logp, _ = response_logprobs(logits, sequences[part], width, section.temperature)
-                del logits
-                ref_logits = self.reference(
-                    input_ids=sequences[part],
-                    attention_mask=attention[part],
-                    position_ids=position_ids[part],
-                    use_cache=False,
-                ).logits
-                ref_logp, _ = response_logprobs(
-                    ref_logits, sequences[part], width, section.temperature
+                logp, _, values = module(
+                    sequences[part], attention[part], position_ids[part], mask[part]
                 )
+                with self.reference_weights():
+                    ref_logp, _ = response_logprobs(
+                        self.reference,
+                        sequences[part],
+                        attention[part],
+                        mask[part],
+                        position_ids=position_ids[part],
+                    )
                 old_logprobs.append(logp)
                 ref_logprobs.append(ref_logp)
-                old_values.append(values[:, width - 1 : -1].float())
+                old_values.append(values)
         module.train()
         old_logprobs_t = torch.cat(old_logprobs) * mask
         ref_logprobs_t = torch.cat(ref_logprobs) * mask
@@ -718,19 +760,15 @@ class PPOTrainer:
         for number, chunk in enumerate(chunks):
             last = number == len(chunks) - 1
             with self.engine.micro_batch(last=last):
-                logits, values = self.engine.forward(
+                mask = rollout.mask[chunk]
+                logprobs, entropies, values = self.engine.forward(
                     {
                         "input_ids": rollout.input_ids[chunk],
                         "attention_mask": rollout.attention_mask[chunk],
                         "position_ids": rollout.position_ids[chunk],
+                        "response_mask": mask,
                     }
                 )
-                width = rollout.prompt_width
-                logprobs, logits = response_logprobs(
-                    logits, rollout.input_ids[chunk], width, section.temperature
-                )
-                values = values[:, width - 1 : -1].float()
-                mask = rollout.mask[chunk]
                 policy = clipped_policy_loss(
                     logprobs,
                     rollout.old_logprobs[chunk],
@@ -747,7 +785,7 @@ class PPOTrainer:
                     section.cliprange_value,
                     count=count,
                 )
-                entropy = masked_mean(entropy_from_logits(logits), mask, count)
+                entropy = masked_mean(entropies, mask, count)
                 loss = policy.loss + section.vf_coef * value_loss - section.entropy_coef * entropy
                 self.engine.backward(loss)
             total_loss += float(loss.detach())

@@ -110,7 +110,9 @@ class RLSection(AlignSection):
 
 class PPOSection(RLSection):
     """PPO (InstructGPT-style RLHF): rollouts, KL penalty to a frozen reference, GAE, clipped
-    policy and value losses. `global_batch_size` is the minibatch of one optimizer step."""
+    policy and value losses. `global_batch_size` is the minibatch of one optimizer step. With
+    `lora`, the policy and the value model train adapters (the value head in full) and the
+    reference is the policy with its adapters disabled."""
 
     rollout_batch_size: int = Field(default=64, gt=0)
     """Prompts sampled per PPO iteration over all processes (a multiple of global_batch_size)."""
@@ -159,10 +161,10 @@ class PPOSection(RLSection):
 
     @model_validator(mode="after")
     def _rollout_is_whole_minibatches(self) -> PPOSection:
-        if self.lora is not None:
+        if self.lora is not None and self.lora.quantization != "none":
             raise ValueError(
-                "lora: PPO trains every weight of the policy and of the value model; LoRA is not "
-                "supported here (remove ppo.lora; grpo, dpo and sft take lora)"
+                f"lora.quantization: {self.lora.quantization} (QLoRA) is not offered for ppo "
+                "(its policy and value model train from fp32 weights); set quantization: none"
             )
         if self.rollout_batch_size % self.global_batch_size:
             raise ValueError(

@@ -274,20 +274,7 @@ class AlignRun(StageRun):
         return load_from_disk(str(path))
 
     def peft_config(self, task_type: str, modules_to_save: tuple[str, ...] = ()) -> Any:
-        lora = self.section.lora
-        if lora is None:
-            return None
-        from peft import LoraConfig
-
-        save = list(dict.fromkeys([*lora.modules_to_save, *modules_to_save]))
-        return LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            modules_to_save=save or None,
-            task_type=task_type,
-        )
+        return lora_config(self.section.lora, task_type, modules_to_save)
 
     def callbacks(self) -> list[Any]:
         """Our callbacks of every TRL trainer: the non-finite guard, then the tracker."""
@@ -441,7 +428,7 @@ class AlignRun(StageRun):
         trainer.accelerator.wait_for_everyone()
         if is_main:
             if peft and self.section.lora.merge:
-                _merge_adapter(load_base(base_model_dir), self.run_dir.path / "adapter", staging)
+                merge_adapter(load_base(base_model_dir), self.run_dir.path / "adapter", staging)
             elif peft:
                 shutil.copytree(self.run_dir.path / "adapter", staging)
 
@@ -461,7 +448,26 @@ class AlignRun(StageRun):
         return self.run_dir.final_dir
 
 
-def _merge_adapter(base: Any, adapter_dir: Path, out_dir: Path) -> None:
+def lora_config(lora: Any, task_type: str, modules_to_save: tuple[str, ...] = ()) -> Any:
+    """peft's LoraConfig from a `lora:` section (None without one); `modules_to_save` are
+    trained in full besides the section's own (the value or reward head `score`)."""
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    save = list(dict.fromkeys([*lora.modules_to_save, *modules_to_save]))
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        modules_to_save=save or None,
+        task_type=task_type,
+    )
+
+
+def merge_adapter(base: Any, adapter_dir: Path, out_dir: Path) -> None:
+    """Save `base` with the LoRA adapter of `adapter_dir` merged into its weights."""
     from peft import PeftModel
 
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
