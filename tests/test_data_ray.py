@@ -27,8 +27,13 @@ ray_cluster = _session_cluster  # the session's two-node cluster (tests/ray_supp
 
 
 def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
-    """Two sources over several files, with planted exact and near copies (within a source
-    and across sources) and documents that quote the eval file."""
+    """Three sources over several files of three formats, with planted exact and near copies
+    (within a source and across sources), documents that quote the eval file and a broken
+    line (skipped). The Ray builds scan the files in parts of 10 KB (SCAN_PART_MB), so most
+    files are several parts (jsonl: lines; parquet: row groups; text: paragraphs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     web_files = []
     base = [english_documents(40, seed=10 + n, words=(80, 200)) for n in range(4)]
     eval_text = english_documents(3, seed=99, words=(30, 40))
@@ -40,13 +45,29 @@ def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
         fresh = english_documents(1, seed=200 + number)[0]
         docs.append(fresh + " " + eval_text[number % 3])  # contaminated
         web_files.append(write_jsonl(tmp / "corpus" / f"web-{number}.jsonl", docs))
+    lines = web_files[2].read_text(encoding="utf-8").splitlines(keepends=True)
+    web_files[2].write_text("".join([*lines[:30], "{broken\n", *lines[30:]]), encoding="utf-8")
     books = english_documents(30, seed=50)
     books += [base[1][2].lower(), near_copy(base[2][3], 2, seed=7), near_copy(books[4], 1, seed=8)]
     books_file = write_jsonl(tmp / "corpus" / "books.jsonl", books)
+    more_books = english_documents(40, seed=51, words=(60, 120)) + [base[3][9]]
+    pq.write_table(
+        pa.Table.from_pylist([{"text": t} for t in more_books]),
+        tmp / "corpus" / "books.parquet",
+        row_group_size=6,
+    )
+    notes = english_documents(30, seed=60, words=(40, 90)) + [near_copy(books[7], 1, seed=9)]
+    notes_file = tmp / "corpus" / "notes.txt"
+    notes_file.write_text("".join(n.replace(". ", ".\n", 2) + "\n\n" for n in notes))
     evals = write_jsonl(tmp / "corpus" / "eval.jsonl", eval_text)
     sources = [
-        {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")]},
-        {"name": "books", "paths": [str(books_file)], "weight": 0.5},
+        {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")], "on_error": "skip"},
+        {
+            "name": "books",
+            "paths": [str(books_file), str(tmp / "corpus" / "books.parquet")],
+            "weight": 0.5,
+        },
+        {"name": "notes", "paths": [str(notes_file)], "text_mode": "paragraph", "weight": 0.3},
     ]
     return sources, evals
 
@@ -82,8 +103,12 @@ def local_build(tiny_tokenizer_dir, tmp_path_factory):
     return tmp, out
 
 
+SCAN_PART_MB = 0.01
+
+
 def ray_settings(cluster, **extra) -> dict:
-    return {"executor": "ray", "ray": {"address": cluster.address, **extra}}
+    ray = {"address": cluster.address, "scan_part_mb": SCAN_PART_MB, **extra}
+    return {"executor": "ray", "ray": ray}
 
 
 @pytest.mark.multiprocess
@@ -97,11 +122,12 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     cluster, _ = ray_cluster
     tmp, local = local_build
     manifest = json.loads((local / "manifest.json").read_text())
-    web, books = manifest["sources"]
+    web, books, notes = manifest["sources"]
     # the planted copies are found, so equal builds mean equal dedup
-    assert (web["exact_duplicates"], books["exact_duplicates"]) == (3, 1)
-    assert web["near_duplicates"] == 3 and books["near_duplicates"] == 2
+    assert (web["exact_duplicates"], books["exact_duplicates"]) == (3, 2)
+    assert (web["near_duplicates"], books["near_duplicates"], notes["near_duplicates"]) == (3, 2, 1)
     assert sum(web["decontaminated"].values()) == 4
+    assert web["read_errors_skipped"] == 1
     assert len(manifest["shards"]) > 4
     raw = recipe_of(tmp, tiny_tokenizer_dir, "ray", **ray_settings(cluster, partitions=3))
     with caplog.at_level("INFO", logger="llmtrain.data"):
@@ -109,7 +135,11 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     assert build_files(out) == build_files(local)
     assert "Ray: 2 nodes, 2 CPUs, 3 dedup partitions" in caplog.text
     assert "[dedup near reduce: 3/3 tasks done" in caplog.text
-    assert "[scan: 5/5 files done" in caplog.text
+    assert "[scan: 7/7 files done" in caplog.text
+    # 4 jsonl files of 4 or 5 parts, books.jsonl 4, books.parquet 4 (2 with no row group),
+    # notes.txt 2: each part a task
+    assert "[scan parts: 24/24 tasks done" in caplog.text
+    assert "scan part: " + str(tmp / "corpus" / "notes.txt") + " part 2/2: " in caplog.text
     # the executor is not part of the build's identity: the local build is complete for Ray
     raw["output_dir"] = str(local.parent)
     caplog.clear()
@@ -130,8 +160,9 @@ def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
     monkeypatch.setattr(ray_dedup, "MAP_DOCUMENTS", 50)  # maps over parts of files, too
     cluster, _ = ray_cluster
     tmp, local = local_build
-    kills = [
+    kills = [  # a part of a file mid-scan, the join of a file's parts, a near reducer
         "llmtrain.data_pipeline.scan:process_chunk",
+        "llmtrain.data_pipeline.ray_executor:join_parts",
         "llmtrain.data_pipeline.ray_dedup:confirm_pairs",
     ]
     ray.init(
@@ -186,13 +217,13 @@ def test_killed_driver_resumes_without_redoing_finished_steps(
     os.killpg(process.pid, signal.SIGKILL)  # the driver only: Ray's processes are the cluster's
     process.wait()
     scanned_before = len(list(steps.glob("scan--*.json")))
-    assert scanned_before < 5 and not (steps.parent.parent / "manifest.json").exists()
+    assert scanned_before < 7 and not (steps.parent.parent / "manifest.json").exists()
 
     caplog.clear()
     with caplog.at_level("INFO", logger="llmtrain.data"):
         out = build_data(load_recipe(recipe, executor_overrides(cluster.address)))
     rescanned = [m for m in caplog.messages if m.startswith("scan ")]
-    assert len(rescanned) == 5 - scanned_before  # only the files not scanned before
+    assert len(rescanned) == 7 - scanned_before  # only the files not scanned before
     assert build_files(out) == build_files(local)
 
 
