@@ -1,6 +1,7 @@
 """`llmtrain data` on Ray (data.executor: ray) on a two-node cluster on loopback: the same
-shards and manifest as the local executor, byte for byte; a worker killed mid-scan and
-mid-dedup, and a killed driver, change nothing; without Ray the error names the extra."""
+shards and manifest as the local executor, byte for byte, with files scanned in parts; a
+worker killed mid-scan, mid-join and mid-dedup, a third node taken away mid-scan, and a killed
+driver change nothing; without Ray the error names the extra."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from llmtrain.data_pipeline.build import build_data
 from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.recipe import load_recipe, validate_recipe
 from tests.data_support import data_recipe, english_documents, write_jsonl
-from tests.ray_support import REPO
+from tests.ray_support import NODE, REPO
 from tests.ray_support import ray_cluster as _session_cluster
 from tests.test_data_build import near_copy
 
@@ -288,3 +289,56 @@ def test_a_node_that_cannot_see_the_build_names_itself_and_the_path(ray_cluster,
         "the inputs must be on a filesystem every node mounts at the same path (NFS, Lustre, "
         "...)"
     )
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_node_lost_mid_scan_changes_nothing(
+    local_build, tiny_tokenizer_dir, ray_cluster, tmp_path, caplog
+):
+    """A third node joins; once one of its workers is scanning a part, the node is taken away
+    (its processes killed): Ray runs its tasks again on the other two and the build is the
+    same. Runs last: the session cluster is back to its two nodes after it."""
+    import threading
+
+    import ray
+
+    cluster, _ = ray_cluster
+    tmp, local = local_build
+    node = cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    marker = tmp_path / "stalled"
+    removed = threading.Event()
+
+    def take_the_node_away() -> None:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if marker.exists():
+            cluster.remove_node(node, allow_graceful=False)
+            removed.set()
+
+    ray.init(
+        address=cluster.address,
+        runtime_env={
+            "worker_process_setup_hook": "tests.ray_support.stall_on_node_hook",
+            "env_vars": {
+                "PYTHONPATH": str(REPO),
+                "LLMTRAIN_TEST_STALL_NODE": node.node_id,
+                "LLMTRAIN_TEST_STALL_MARKER": str(marker),
+            },
+        },
+    )
+    remover = threading.Thread(target=take_the_node_away, daemon=True)
+    remover.start()
+    try:
+        raw = recipe_of(tmp, tiny_tokenizer_dir, "node-lost", **ray_settings(cluster))
+        with caplog.at_level("INFO", logger="llmtrain.data"):
+            out = build_data(validate_recipe(raw))
+    finally:
+        ray.shutdown()
+        remover.join()
+    assert removed.is_set()
+    assert "Ray: 3 nodes, 3 CPUs" in caplog.text
+    assert build_files(out) == build_files(local)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
