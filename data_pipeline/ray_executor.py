@@ -171,9 +171,10 @@ class RayExecutor:
                 raise exc.cause from None
             raise
 
-    def run(self, step: str, tasks: dict, fetch: bool = True) -> dict:
+    def run(self, step: str, tasks: dict, fetch: bool = True, consume: Any | None = None) -> dict:
         """Wait for `tasks` ({ref: (documents, message)}), reporting each as it finishes;
-        {ref: value} (values fetched only with `fetch`)."""
+        {ref: value} (values fetched only with `fetch`; with `consume`, each value is passed
+        to it as it comes instead of being kept)."""
         progress = StepProgress(step, len(tasks))
         results: dict = {}
         pending = list(tasks)
@@ -181,7 +182,11 @@ class RayExecutor:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
                 ref = done[0]
-                results[ref] = self._get(ref) if fetch else None
+                if consume is not None:
+                    consume(self._get(ref))
+                    results[ref] = None
+                else:
+                    results[ref] = self._get(ref) if fetch else None
                 documents, message = tasks[ref]
                 progress.update(documents, f"{step}: {message}")
         finally:

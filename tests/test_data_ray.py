@@ -159,6 +159,7 @@ def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
     from llmtrain.data_pipeline import ray_dedup
 
     monkeypatch.setattr(ray_dedup, "MAP_DOCUMENTS", 50)  # maps over parts of files, too
+    monkeypatch.setattr(ray_dedup, "PART_BYTES", 0)
     cluster, _ = ray_cluster
     tmp, local = local_build
     kills = [  # a part of a file mid-scan, the join of a file's parts, a near reducer
@@ -342,3 +343,28 @@ def test_a_node_lost_mid_scan_changes_nothing(
     assert "Ray: 3 nodes, 3 CPUs" in caplog.text
     assert build_files(out) == build_files(local)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_pairs_reported_by_several_reducers_are_merged_as_they_come(monkeypatch):
+    """The driver's merge of the near reducers' results gives each distinct pair once, with its
+    verdict, whatever the order and however often it is repeated."""
+    import numpy as np
+
+    from llmtrain.data_pipeline import ray_dedup
+    from llmtrain.data_pipeline.ray_dedup import DistinctPairs
+
+    monkeypatch.setattr(ray_dedup, "MERGE_ROWS", 0)
+    rng = np.random.default_rng(0)
+    pairs = np.unique(np.sort(rng.integers(0, 5000, (3000, 2)), axis=1), axis=0)
+    verdicts = rng.random(len(pairs)) < 0.5
+    merged = DistinctPairs()
+    for _ in range(12):  # 12 reducers, each reporting a random half of the pairs
+        chosen = rng.permutation(len(pairs))[: len(pairs) // 2]
+        merged.add((pairs[chosen], verdicts[chosen].astype(np.uint8)))
+        assert len(merged.pairs) + merged.rows <= 2 * len(pairs)  # never all the repeats
+    got_pairs, got_verdicts = merged.result()
+    seen = np.unique(got_pairs, axis=0)
+    assert np.array_equal(got_pairs, seen)
+    index = {tuple(p): v for p, v in zip(pairs.tolist(), verdicts, strict=True)}
+    assert [index[tuple(p)] for p in got_pairs.tolist()] == got_verdicts.tolist()
+    assert len(got_pairs) > 0.99 * len(pairs)

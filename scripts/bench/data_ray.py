@@ -284,6 +284,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--skip-builds", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-local-memory", action="store_true", help="dedup on Ray only")
     parser.add_argument("--child-build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-dedup", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -339,7 +340,8 @@ def main() -> None:
             directory = work / f"scan-{documents}"
             if not directory.is_dir():
                 write_scan_outputs(directory, documents, files=8)
-            for mode, partitions in [("local", 1), *(("ray", p) for p in args.partitions)]:
+            local = [] if args.skip_local_memory else [("local", 1)]
+            for mode, partitions in [*local, *(("ray", p) for p in args.partitions)]:
                 result = run_child("--child-dedup", str(directory), mode, str(partitions))
                 label = "local" if mode == "local" else f"ray P={partitions}"
                 print(
