@@ -252,6 +252,13 @@ class RaySection(Section):
     core this process may use."""
     object_store_mb: int | None = Field(default=None, ge=64)
     """Object store of the Ray started for this build (address null); default: Ray's."""
+    scan_part_mb: float = Field(default=256.0, gt=0, allow_inf_nan=False)
+    """Input files larger than this are scanned in parts of about this size, one task each
+    (jsonl and plain text: whole lines, or paragraphs; parquet: whole row groups). Compressed
+    files (.gz, .zst), plain-text files read as one document and `datasets` directories are
+    one task each. The parts of a file are then copied into one scan output (I/O of about the
+    cleaned text): with files that already outnumber the cluster's cores, a value above their
+    size skips that copy. Changes the parallelism, never the output."""
 
 
 class DataSection(Section):

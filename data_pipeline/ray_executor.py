@@ -1,7 +1,10 @@
 """The Ray executor (`data.executor: ray`): the build's heavy steps as Ray tasks.
 
-    scan       one task per input file: read, clean, filter, hash, decontamination matches,
-               written to the file's scan directory (`scan.scan_file`, as the local executor)
+    scan       one task per part of an input file (`data.ray.scan_part_mb`; a file that cannot
+               be read from an offset is one part): read, clean, filter, hash, decontamination
+               matches, written to the part's scan directory (`scan.scan_file`, as the local
+               executor); a task per file of several parts then concatenates them into the
+               file's scan directory (`scan.join_parts`), which Ray starts when they are done
     dedup      a partitioned shuffle (`ray_dedup`): P reducer tasks each hold 1/P of the
                digests and band keys; only duplicate ids and candidate pairs come back
     tokenize   one task per shard: tokenize its documents and write it (`tokenize.write_shard`)
@@ -31,7 +34,16 @@ from . import ray_dedup
 from .config import DedupSection, RaySection
 from .executor import StepProgress
 from .ray_dedup import MAX_RETRIES
-from .scan import ScanContext, ScanJob, ScanOutput, init_worker, scan_file
+from .scan import (
+    ScanContext,
+    ScanJob,
+    ScanOutput,
+    ScanPart,
+    file_parts,
+    init_worker,
+    join_parts,
+    scan_file,
+)
 from .tokenize import ShardTask, TokenizerInfo, init_encoder, write_shard
 
 log = logging.getLogger("llmtrain.data")
@@ -78,10 +90,17 @@ def _check_visible(build_dir: Path, *paths: Path) -> None:
         )
 
 
-def _scan_task(build_dir: str, job: ScanJob, num_perm: int, context_box: list) -> dict:
+def _scan_task(
+    build_dir: str, job: ScanJob, part: ScanPart | None, num_perm: int, context_box: list
+) -> dict:
     _check_visible(Path(build_dir), job.path)
     _set_up("scan", context_box, init_worker)
-    return scan_file(job, num_perm)
+    return scan_file(job, num_perm, part=part)
+
+
+def _join_task(build_dir: str, job: ScanJob, *records: dict) -> dict:
+    _check_visible(Path(build_dir))
+    return join_parts(job, list(records))
 
 
 def _shard_task(build_dir: str, task: ShardTask, encoder_box: list) -> dict:
@@ -152,9 +171,10 @@ class RayExecutor:
                 raise exc.cause from None
             raise
 
-    def run(self, step: str, tasks: dict, fetch: bool = True) -> dict:
+    def run(self, step: str, tasks: dict, fetch: bool = True, consume: Any | None = None) -> dict:
         """Wait for `tasks` ({ref: (documents, message)}), reporting each as it finishes;
-        {ref: value} (values fetched only with `fetch`)."""
+        {ref: value} (values fetched only with `fetch`; with `consume`, each value is passed
+        to it as it comes instead of being kept)."""
         progress = StepProgress(step, len(tasks))
         results: dict = {}
         pending = list(tasks)
@@ -162,7 +182,11 @@ class RayExecutor:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
                 ref = done[0]
-                results[ref] = self._get(ref) if fetch else None
+                if consume is not None:
+                    consume(self._get(ref))
+                    results[ref] = None
+                else:
+                    results[ref] = self._get(ref) if fetch else None
                 documents, message = tasks[ref]
                 progress.update(documents, f"{step}: {message}")
         finally:
@@ -170,16 +194,48 @@ class RayExecutor:
         return results
 
     def scan(self, jobs: list[ScanJob], context: ScanContext) -> Any:
-        """Records of the files' scans, as each finishes (one task per file)."""
+        """Records of the files' scans, as each finishes: a task per part of a file (a file
+        of several parts then has a task that joins them, started by Ray once they are done).
+        Progress of the parts (done / total, documents per second) when a file has several;
+        the driver reports the files."""
         ray = self.ray
-        task = ray.remote(_scan_task).options(**self._options())
+        scan = ray.remote(_scan_task).options(**self._options())
+        join = ray.remote(_join_task).options(**self._options())
         box = [ray.put((context,))]
         build_dir = str(jobs[0].directory.parents[3])
-        refs = {task.remote(build_dir, job, context.minhasher.num_perm, box): job for job in jobs}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield refs[done[0]], self._get(done[0])
+        num_perm = context.minhasher.num_perm
+        part_bytes = max(1, int(self.settings.scan_part_mb * 2**20))
+        parts: dict = {}  # task of a part -> what it scans, for progress
+        files: dict = {}  # the task whose end is the file's (its join, or its only part) -> job
+        for job in jobs:
+            pieces = file_parts(job, part_bytes)
+            if pieces is None:
+                ref = scan.remote(build_dir, job, None, num_perm, box)
+                parts[ref] = f"{job.path}"
+                files[ref] = job
+                continue
+            refs = [scan.remote(build_dir, job, p, num_perm, box) for p in pieces]
+            for ref, piece in zip(refs, pieces, strict=True):
+                parts[ref] = f"{job.path} part {piece.number + 1}/{len(pieces)}"
+            files[join.remote(build_dir, job, *refs)] = job
+        progress = StepProgress("scan parts", len(parts)) if len(parts) > len(files) else None
+        pending = [*parts, *(ref for ref in files if ref not in parts)]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ref = done[0]
+                result = self._get(ref)
+                if ref in parts and progress is not None:
+                    progress.update(
+                        result["read"],
+                        f"scan part: {parts[ref]}: {result['read']} documents read, "
+                        f"{result['kept']} kept",
+                    )
+                if ref in files:
+                    yield files[ref], result
+        finally:
+            if progress is not None:
+                progress.close()
 
     def dedup(
         self, files: list[tuple[str, ScanOutput]], settings: DedupSection

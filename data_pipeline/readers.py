@@ -4,6 +4,12 @@ Formats, by file name: `.jsonl`/`.json` (one JSON object per line; also `.gz`/`.
 `.parquet`, plain text (anything else; also `.gz`/`.zst`), and `datasets` directories saved
 with `save_to_disk`. Nothing is loaded whole except a plain-text file read as one document.
 Every problem names the file and the line (or byte offset) and says what to do.
+
+A part of a file (`part=(start, stop)`, bytes) can be read on its own, for a build that spreads
+one large file over several tasks: the records that begin in it (whole lines of jsonl and plain
+text, after an empty line in paragraph mode; whole row groups of parquet), so that the parts
+of a file, read one after the other, give exactly the file's records. Compressed files, a
+plain-text file read as one document and `datasets` directories cannot be read in parts.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ EncodingErrors = Literal["strict", "replace"]
 _JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 
 
+EXAMPLES = 5
+"""Reasons for skipped records that ReadStats keeps (the first ones)."""
+
+
 @dataclass
 class ReadStats:
     """What a reader skipped under `on_error: skip`, with the first few reasons."""
@@ -39,7 +49,7 @@ class ReadStats:
 
     def skip(self, reason: str) -> None:
         self.skipped += 1
-        if len(self.examples) < 5:
+        if len(self.examples) < EXAMPLES:
             self.examples.append(reason)
 
 
@@ -111,6 +121,64 @@ def open_binary(path: Path) -> BinaryIO:
         ) from exc
 
 
+def splittable(path: Path, text_mode: TextMode = "file") -> bool:
+    """Whether a part of the file can be read on its own (`part` of iter_texts)."""
+    if path.suffix in (".gz", ".zst"):  # a compressed stream is read from its start
+        return False
+    fmt = file_format(path)
+    return fmt in ("jsonl", "parquet") or (fmt == "text" and text_mode != "file")
+
+
+def _part_start(f: BinaryIO, position: int, size: int, paragraphs: bool) -> int:
+    """Where the part of a line file that `position` would start begins: the first line start
+    at or after it; for paragraphs, the end of the first empty line that starts at or after it
+    (a paragraph never spans two parts). Both neighbours of a boundary find the same place."""
+    if position <= 0:
+        return 0
+    if position >= size:
+        return size
+    f.seek(position - 1)
+    f.readline()  # the rest of the line holding the byte before `position`
+    if paragraphs:
+        for line in iter(f.readline, b""):
+            if line in (b"\n", b"\r\n"):
+                return f.tell()
+        return size
+    return f.tell()
+
+
+def _line_bounds(path: Path, part: tuple[int, int] | None, paragraphs: bool) -> tuple[int, int]:
+    """Byte range [start, stop) of whole lines that `part` of a line file reads."""
+    if part is None:
+        return 0, -1
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        return tuple(_part_start(f, p, size, paragraphs) for p in part)  # type: ignore[return-value]
+
+
+class _LineNumbers:
+    """Line (or row) numbers for messages, from a record's index within the part read: the
+    lines before the part are counted (by reading the file up to it) only when a message needs
+    a number, so reading a part costs nothing more than reading its bytes."""
+
+    def __init__(self, path: Path, start: int = 0, before: int | None = None):
+        self.path, self.start = path, start
+        self.before = before if before is not None else (0 if start == 0 else None)
+
+    def __call__(self, index: int) -> int:
+        if self.before is None:
+            self.before = 0
+            with open(self.path, "rb") as f:
+                left = self.start
+                while left > 0:
+                    block = f.read(min(left, 1 << 24))
+                    if not block:
+                        break
+                    self.before += block.count(b"\n")
+                    left -= len(block)
+        return self.before + index
+
+
 def _unreadable(path: Path, exc: Exception) -> InputDataError:
     kind = {".gz": "gzip", ".zst": "zstandard"}.get(path.suffix, "")
     what = f"a damaged or truncated {kind} file" if kind else "a damaged file"
@@ -120,16 +188,18 @@ def _unreadable(path: Path, exc: Exception) -> InputDataError:
     )
 
 
-def _read_lines(f: BinaryIO, path: Path) -> Iterator[bytes]:
-    """The lines of an open file; a read failure (damaged compressed data) names the file."""
+def _read_lines(f: BinaryIO, path: Path, size: int = -1) -> Iterator[bytes]:
+    """The lines of an open file (the next `size` bytes of it: whole lines, when not -1); a
+    read failure (damaged compressed data) names the file."""
     lines = iter(f)
-    while True:
+    while size:
         try:
             line = next(lines)
         except StopIteration:
             return
         except Exception as exc:  # gzip, zstandard and OS errors differ in type
             raise _unreadable(path, exc) from exc
+        size -= len(line) if size > 0 else 0
         yield line
 
 
@@ -138,13 +208,15 @@ def _decode(
     path: Path,
     offset: int,
     errors: EncodingErrors,
-    line: int | None,
+    numbers: _LineNumbers | None,
+    index: int = 0,
     encoding_key: str | None = "encoding_errors",
 ) -> str:
+    """`data` decoded; a failure names the file, the line (`numbers(index)`) and the offset."""
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
-        where = f"{path}:{line}" if line is not None else str(path)
+        where = f"{path}:{numbers(index)}" if numbers is not None else str(path)
         suffix = " (decompressed)" if path.suffix in (".gz", ".zst") else ""
         fix = f", or set {encoding_key}: replace to replace bad bytes" if encoding_key else ""
         raise InputDataError(
@@ -171,18 +243,39 @@ def iter_records(
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
+    keys = (skip_key, encoding_key)
+    records, numbers = _records(path, on_error, encoding_errors, stats, split, None, keys)
+    for index, record in records:
+        yield numbers(index), record
+
+
+def _records(
+    path: Path,
+    on_error: OnError,
+    encoding_errors: EncodingErrors,
+    stats: ReadStats,
+    split: str,
+    part: tuple[int, int] | None,
+    keys: tuple[str, str | None] = ("on_error", "encoding_errors"),
+) -> tuple[Iterator[tuple[int, dict[str, Any]]], _LineNumbers]:
+    """(index within the part read, record) of a record file or of a part of it, and the line
+    (row) numbers of those indices."""
     fmt = file_format(path)
     if fmt == "parquet":
-        yield from _iter_parquet(path, stats)
-    elif fmt == "datasets":
-        yield from _iter_datasets_dir(path, split, stats)
-    elif fmt == "jsonl":
-        yield from _iter_jsonl(path, on_error, encoding_errors, stats, skip_key, encoding_key)
-    else:
-        raise InputDataError(
-            f"{path}: expected records (.jsonl, .json, .parquet or a datasets directory), "
-            "got a plain-text file"
-        )
+        parquet = _open_parquet(path)
+        groups, before = _row_groups(parquet, part)
+        return _iter_parquet(path, parquet, groups, before, stats), _LineNumbers(path, 0, before)
+    if fmt == "datasets":
+        return _iter_datasets_dir(path, split, stats), _LineNumbers(path)
+    if fmt == "jsonl":
+        start, stop = _line_bounds(path, part, paragraphs=False)
+        numbers = _LineNumbers(path, start)
+        lines = _iter_jsonl(path, on_error, encoding_errors, stats, numbers, start, stop, *keys)
+        return lines, numbers
+    raise InputDataError(
+        f"{path}: expected records (.jsonl, .json, .parquet or a datasets directory), "
+        "got a plain-text file"
+    )
 
 
 def _iter_jsonl(
@@ -190,22 +283,29 @@ def _iter_jsonl(
     on_error: OnError,
     encoding_errors: EncodingErrors,
     stats: ReadStats,
+    numbers: _LineNumbers,
+    start: int = 0,
+    stop: int = -1,
     skip_key: str = "on_error",
     encoding_key: str | None = "encoding_errors",
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    offset = 0
+    """(index of the line from `start`, record) of the lines in bytes [start, stop)."""
+    offset = start
     with open_binary(path) as f:
-        for line_no, raw in enumerate(_read_lines(f, path), start=1):
+        if start:
+            f.seek(start)
+        size = stop - start if stop >= 0 else -1
+        for index, raw in enumerate(_read_lines(f, path, size), start=1):
             line_offset, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
-            text = _decode(raw, path, line_offset, encoding_errors, line_no, encoding_key)
+            text = _decode(raw, path, line_offset, encoding_errors, numbers, index, encoding_key)
             try:
                 record = json.loads(text.rstrip("\r\n"))  # columns as the line shows them
             except json.JSONDecodeError as exc:
                 reason = (
-                    f"{path}:{line_no}: invalid JSON ({exc.msg.removesuffix(' at')} at column "
-                    f"{exc.colno})"
+                    f"{path}:{numbers(index)}: invalid JSON ({exc.msg.removesuffix(' at')} at "
+                    f"column {exc.colno})"
                 )
                 if on_error == "skip":
                     stats.skip(reason)
@@ -214,27 +314,56 @@ def _iter_jsonl(
                     f"{reason}; fix the line, or set {skip_key}: skip to skip and count such lines"
                 ) from None
             if not isinstance(record, dict):
-                reason = f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
+                reason = (
+                    f"{path}:{numbers(index)}: expected a JSON object, got {type(record).__name__}"
+                )
                 if on_error == "skip":
                     stats.skip(reason)
                     continue
                 raise InputDataError(reason)
             stats.records += 1
-            yield line_no, record
+            yield index, record
 
 
-def _iter_parquet(path: Path, stats: ReadStats) -> Iterator[tuple[int, dict[str, Any]]]:
+def _open_parquet(path: Path) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not parquet
         raise InputDataError(
             f"{path}: cannot read as parquet ({exc}); replace the file, or leave it out of the "
             "paths"
         ) from exc
+
+
+def _row_groups(parquet: Any, part: tuple[int, int] | None) -> tuple[list[int] | None, int]:
+    """The row groups a part of a parquet file reads (those whose first page lies in it; None:
+    all) and the rows before the first of them."""
+    if part is None:
+        return None, 0
+    metadata = parquet.metadata
+    groups, before = [], 0
+    for number in range(metadata.num_row_groups):
+        group = metadata.row_group(number)
+        column = group.column(0)
+        first_page = column.data_page_offset
+        if column.has_dictionary_page and column.dictionary_page_offset is not None:
+            first_page = min(first_page, column.dictionary_page_offset)
+        if part[0] <= first_page < part[1]:
+            groups.append(number)
+        elif first_page < part[0]:
+            before += group.num_rows
+    return groups, before
+
+
+def _iter_parquet(
+    path: Path, parquet: Any, groups: list[int] | None, before: int, stats: ReadStats
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    if groups == []:
+        return
     row = 0
-    batches = parquet.iter_batches(batch_size=1024)
+    batches = parquet.iter_batches(batch_size=1024, row_groups=groups)
     while True:
         try:
             batch = next(batches)
@@ -242,8 +371,8 @@ def _iter_parquet(path: Path, stats: ReadStats) -> Iterator[tuple[int, dict[str,
             return
         except Exception as exc:  # damaged pages: OSError, ArrowInvalid, ...
             raise InputDataError(
-                f"{path}: cannot read the rows after row {row} ({type(exc).__name__}: {exc}); "
-                "the parquet file looks damaged: replace it, or leave it out of the paths"
+                f"{path}: cannot read the rows after row {before + row} ({type(exc).__name__}: "
+                f"{exc}); the parquet file looks damaged: replace it, or leave it out of the paths"
             ) from exc
         for record in batch.to_pylist():
             row += 1
@@ -280,6 +409,7 @@ def iter_texts(
     encoding_errors: EncodingErrors = "strict",
     stats: ReadStats | None = None,
     split: str = "train",
+    part: tuple[int, int] | None = None,
 ) -> Iterator[str]:
     """Yield the documents of one file as strings.
 
@@ -287,27 +417,30 @@ def iter_texts(
     counted with `on_error="skip"`). Plain text gives the whole file as one document
     (`text_mode="file"`), one per line (`"line"`) or one per blank-line-separated paragraph
     (`"paragraph"`); empty documents are never yielded. `split` picks the split of a
-    `datasets` DatasetDict directory.
+    `datasets` DatasetDict directory. `part` (start, stop byte offsets; see the module doc and
+    `splittable`): only the documents of that part, with the file's line numbers in messages.
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
+    if part is not None and not splittable(path, text_mode):
+        raise ValueError(f"{path} cannot be read in parts ({text_mode=})")
     if file_format(path) == "text":
-        yield from _iter_plain_text(path, text_mode, encoding_errors, stats)
+        yield from _iter_plain_text(path, text_mode, encoding_errors, stats, part)
         return
-    for line_no, record in iter_records(
-        path, on_error=on_error, encoding_errors=encoding_errors, stats=stats, split=split
-    ):
+    records, numbers = _records(path, on_error, encoding_errors, stats, split, part)
+    for index, record in records:
         text = record.get(text_field)
         if not isinstance(text, str):
             if text_field not in record:
                 reason = (
-                    f"{path}:{line_no}: record has no field {text_field!r} "
+                    f"{path}:{numbers(index)}: record has no field {text_field!r} "
                     f"(fields: {', '.join(map(str, record)) or 'none'})"
                 )
                 fix = "set text_field to the field that holds the text"
             else:
                 reason = (
-                    f"{path}:{line_no}: field {text_field!r} holds {type(text).__name__}, not text"
+                    f"{path}:{numbers(index)}: field {text_field!r} holds "
+                    f"{type(text).__name__}, not text"
                 )
                 fix = "fix the record"
             if on_error == "skip":
@@ -323,8 +456,13 @@ def iter_texts(
 
 
 def _iter_plain_text(
-    path: Path, text_mode: TextMode, encoding_errors: EncodingErrors, stats: ReadStats
+    path: Path,
+    text_mode: TextMode,
+    encoding_errors: EncodingErrors,
+    stats: ReadStats,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[str]:
+    start, stop = _line_bounds(path, part, paragraphs=text_mode == "paragraph")
     with open_binary(path) as f:
         if text_mode == "file":
             try:
@@ -338,10 +476,14 @@ def _iter_plain_text(
             else:
                 stats.empty += 1
             return
-        offset = 0
+        if start:
+            f.seek(start)
+        numbers = _LineNumbers(path, start)
+        offset = start
         paragraph: list[str] = []
-        for line_no, raw in enumerate(_read_lines(f, path), start=1):
-            line = _decode(raw, path, offset, encoding_errors, line_no)
+        lines = _read_lines(f, path, stop - start if stop >= 0 else -1)
+        for index, raw in enumerate(lines, start=1):
+            line = _decode(raw, path, offset, encoding_errors, numbers, index)
             offset += len(raw)
             if text_mode == "line":
                 line = line.rstrip("\r\n")

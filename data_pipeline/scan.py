@@ -15,6 +15,10 @@ matches, and is appended, in order, to the file's scan directory:
 (raw little-endian arrays, appended chunk by chunk)
 
 The directory is written under a temporary name and renamed when the file is done.
+
+The Ray executor may scan a large file in parts (`file_parts`, one task each): each part is
+scanned into `<file's scan directory>.parts/<part>`, and `join_parts` concatenates them, in
+order, into the file's scan directory, the same bytes as one pass over the file.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from .decontam import NONE, EvalNgrams
 from .filters import content_failure, length_failure
 from .hashing import Words, exact_hash
 from .minhash import MinHasher
-from .readers import ReadStats, iter_texts
+from .readers import EXAMPLES, ReadStats, iter_texts, splittable
 
 CHUNK_DOCUMENTS = 1000
 CHUNK_BYTES = 2 << 20
@@ -137,8 +141,11 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
     )
 
 
-def read_chunks(path: Path, source: DataSource, stats: ReadStats) -> Iterator[list[str]]:
-    """The documents of one file, in chunks of at most CHUNK_DOCUMENTS or ~CHUNK_BYTES."""
+def read_chunks(
+    path: Path, source: DataSource, stats: ReadStats, part: tuple[int, int] | None = None
+) -> Iterator[list[str]]:
+    """The documents of one file (or of a part of it), in chunks of at most CHUNK_DOCUMENTS
+    or ~CHUNK_BYTES."""
     chunk: list[str] = []
     size = 0
     for text in iter_texts(
@@ -149,6 +156,7 @@ def read_chunks(path: Path, source: DataSource, stats: ReadStats) -> Iterator[li
         encoding_errors=source.encoding_errors,
         stats=stats,
         split=source.split,
+        part=part,
     ):
         chunk.append(text)
         size += len(text)
@@ -164,6 +172,7 @@ _COLUMNS = {  # name: (dtype, values per document)
     "shingled": (np.dtype(np.bool_), 1),
     "contamination": (np.dtype("<i2"), 1),
 }
+_FILES = ("texts.bin", "offsets.u64", "signatures.u32", *(f"{n}.bin" for n in _COLUMNS))
 
 
 class ScanWriter:
@@ -176,8 +185,7 @@ class ScanWriter:
         self.directory = directory
         directory.mkdir(parents=True)
         self.num_perm = num_perm
-        names = ["texts.bin", "offsets.u64", "signatures.u32", *(f"{n}.bin" for n in _COLUMNS)]
-        self._files = {name: open(directory / name, "wb") for name in names}  # noqa: SIM115
+        self._files = {name: open(directory / name, "wb") for name in _FILES}  # noqa: SIM115
         self._files["offsets.u64"].write(np.zeros(1, dtype="<u8").tobytes())
         self._end = 0
         self.kept = 0
@@ -297,22 +305,54 @@ class ScanJob:
     fp: str
 
 
+@dataclass(frozen=True)
+class ScanPart:
+    """Part `number` of a file scanned in parts: the documents that begin in bytes
+    [start, stop) (see `readers.iter_texts`)."""
+
+    number: int
+    start: int
+    stop: int
+
+
+def file_parts(job: ScanJob, part_bytes: int) -> list[ScanPart] | None:
+    """The parts of about `part_bytes` a file is scanned in, or None: in one pass (it is not
+    larger, or cannot be read from an offset: compressed, a plain-text file that is one
+    document, a `datasets` directory)."""
+    size = job.path.stat().st_size if job.path.is_file() else 0
+    if size <= part_bytes or not splittable(job.path, job.source.text_mode):
+        return None
+    count = -(-size // part_bytes)
+    return [
+        ScanPart(n, n * part_bytes, size if n == count - 1 else (n + 1) * part_bytes)
+        for n in range(count)
+    ]
+
+
+def parts_directory(job: ScanJob) -> Path:
+    return job.directory.with_name(f"{job.directory.name}.parts")
+
+
 def scan_file(
     job: ScanJob,
     num_perm: int,
     pool: Any | None = None,
     in_flight: int = 1,
     on_chunk: Callable[[int], None] | None = None,
+    part: ScanPart | None = None,
 ) -> dict:
-    """Read, clean, filter and hash one file into `job.directory` (written under a temporary
-    name, renamed when complete); returns the step's record. Chunks go to `pool` when given
-    (the local executor), else run here (a Ray task: one file per task, in parallel)."""
+    """Read, clean, filter and hash one file (or one part of it) into `job.directory` (for a
+    part: its directory under `parts_directory`), written under a temporary name, renamed when
+    complete; returns the step's record (of the part). Chunks go to `pool` when given (the local
+    executor), else run here (a Ray task)."""
     from llmtrain.atomic import atomic_path
 
-    for stale in job.directory.parent.glob(f".{job.directory.name}.tmp-*"):
+    directory = job.directory if part is None else parts_directory(job) / f"{part.number:05d}"
+    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by an attempt killed mid-file
     stats = ReadStats()
-    with atomic_path(job.directory) as tmp:
+    span = None if part is None else (part.start, part.stop)
+    with atomic_path(directory) as tmp:
         writer = ScanWriter(tmp, num_perm)
 
         def consume(result: ChunkResult) -> None:
@@ -320,7 +360,7 @@ def scan_file(
             if on_chunk is not None:
                 on_chunk(result.read)
 
-        chunks = ((job.source.name, c) for c in read_chunks(job.path, job.source, stats))
+        chunks = ((job.source.name, c) for c in read_chunks(job.path, job.source, stats, span))
         run_chunks(chunks, consume, pool, in_flight)
         writer.finish()
     if stats.empty:  # records with an empty text: read, and dropped as empty
@@ -338,6 +378,50 @@ def scan_file(
         "kept": writer.kept,
         "kept_bytes": writer.kept_bytes,
     }
+
+
+_SUMMED = ("read", "read_errors_skipped", "empty_records", "kept", "kept_bytes")
+
+
+def join_parts(job: ScanJob, records: list[dict]) -> dict:
+    """The file's scan directory from its parts' (`records`: theirs, in order): each file of
+    the parts concatenated, text offsets shifted; the parts are then deleted. Returns the
+    file's record. Run again after it finished (a retried task), it only returns the record."""
+    from llmtrain.atomic import atomic_path
+
+    parts = parts_directory(job)
+    if parts.is_dir():
+        for stale in job.directory.parent.glob(f".{job.directory.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        directories = [parts / f"{n:05d}" for n in range(len(records))]
+        with atomic_path(job.directory) as tmp:
+            tmp.mkdir()
+            for name in _FILES:
+                with open(tmp / name, "wb") as out:
+                    end = 0  # of the text before the part (offsets.u64)
+                    for number, directory in enumerate(directories):
+                        with open(directory / name, "rb") as f:
+                            if name != "offsets.u64":
+                                shutil.copyfileobj(f, out, 1 << 22)
+                                continue
+                            offsets = np.fromfile(f, dtype="<u8")[0 if number == 0 else 1 :]
+                            out.write((offsets + np.uint64(end)).tobytes())
+                            end += int(offsets[-1]) if offsets.size else 0
+                    out.flush()
+                    os.fsync(out.fileno())
+        shutil.rmtree(parts)
+    record = dict(records[0])
+    for key in _SUMMED:
+        record[key] = sum(r[key] for r in records)
+    record["read_error_examples"] = [e for r in records for e in r["read_error_examples"]][
+        :EXAMPLES
+    ]
+    for key in ("dropped", "dropped_detail"):
+        total: collections.Counter[str] = collections.Counter()
+        for r in records:
+            total.update(r[key])
+        record[key] = dict(sorted(total.items()))
+    return record
 
 
 def run_chunks(

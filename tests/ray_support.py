@@ -69,3 +69,24 @@ def kill_once_hook() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         setattr(module, name, dying)
+
+
+def stall_on_node_hook() -> None:
+    """A Ray worker setup hook: on the node whose id is LLMTRAIN_TEST_STALL_NODE, a call of
+    `scan.process_chunk` creates the file LLMTRAIN_TEST_STALL_MARKER and waits (up to 60 s) for
+    the test to take the node away; elsewhere it works as usual."""
+    import time
+
+    import ray
+
+    from llmtrain.data_pipeline import scan
+
+    original = scan.process_chunk
+
+    def stalling(*args, **kwargs):
+        if ray.get_runtime_context().get_node_id() == os.environ["LLMTRAIN_TEST_STALL_NODE"]:
+            Path(os.environ["LLMTRAIN_TEST_STALL_MARKER"]).touch()
+            time.sleep(60)
+        return original(*args, **kwargs)
+
+    scan.process_chunk = stalling

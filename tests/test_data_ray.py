@@ -1,6 +1,7 @@
 """`llmtrain data` on Ray (data.executor: ray) on a two-node cluster on loopback: the same
-shards and manifest as the local executor, byte for byte; a worker killed mid-scan and
-mid-dedup, and a killed driver, change nothing; without Ray the error names the extra."""
+shards and manifest as the local executor, byte for byte, with files scanned in parts; a
+worker killed mid-scan, mid-join and mid-dedup, a third node taken away mid-scan, and a killed
+driver change nothing; without Ray the error names the extra."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from llmtrain.data_pipeline.build import build_data
 from llmtrain.errors import InputDataError, RecipeError
 from llmtrain.recipe import load_recipe, validate_recipe
 from tests.data_support import data_recipe, english_documents, write_jsonl
-from tests.ray_support import REPO
+from tests.ray_support import NODE, REPO
 from tests.ray_support import ray_cluster as _session_cluster
 from tests.test_data_build import near_copy
 
@@ -27,8 +28,13 @@ ray_cluster = _session_cluster  # the session's two-node cluster (tests/ray_supp
 
 
 def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
-    """Two sources over several files, with planted exact and near copies (within a source
-    and across sources) and documents that quote the eval file."""
+    """Three sources over several files of three formats, with planted exact and near copies
+    (within a source and across sources), documents that quote the eval file and a broken
+    line (skipped). The Ray builds scan the files in parts of 10 KB (SCAN_PART_MB), so most
+    files are several parts (jsonl: lines; parquet: row groups; text: paragraphs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     web_files = []
     base = [english_documents(40, seed=10 + n, words=(80, 200)) for n in range(4)]
     eval_text = english_documents(3, seed=99, words=(30, 40))
@@ -40,13 +46,29 @@ def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
         fresh = english_documents(1, seed=200 + number)[0]
         docs.append(fresh + " " + eval_text[number % 3])  # contaminated
         web_files.append(write_jsonl(tmp / "corpus" / f"web-{number}.jsonl", docs))
+    lines = web_files[2].read_text(encoding="utf-8").splitlines(keepends=True)
+    web_files[2].write_text("".join([*lines[:30], "{broken\n", *lines[30:]]), encoding="utf-8")
     books = english_documents(30, seed=50)
     books += [base[1][2].lower(), near_copy(base[2][3], 2, seed=7), near_copy(books[4], 1, seed=8)]
     books_file = write_jsonl(tmp / "corpus" / "books.jsonl", books)
+    more_books = english_documents(40, seed=51, words=(60, 120)) + [base[3][9]]
+    pq.write_table(
+        pa.Table.from_pylist([{"text": t} for t in more_books]),
+        tmp / "corpus" / "books.parquet",
+        row_group_size=6,
+    )
+    notes = english_documents(30, seed=60, words=(40, 90)) + [near_copy(books[7], 1, seed=9)]
+    notes_file = tmp / "corpus" / "notes.txt"
+    notes_file.write_text("".join(n.replace(". ", ".\n", 2) + "\n\n" for n in notes))
     evals = write_jsonl(tmp / "corpus" / "eval.jsonl", eval_text)
     sources = [
-        {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")]},
-        {"name": "books", "paths": [str(books_file)], "weight": 0.5},
+        {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")], "on_error": "skip"},
+        {
+            "name": "books",
+            "paths": [str(books_file), str(tmp / "corpus" / "books.parquet")],
+            "weight": 0.5,
+        },
+        {"name": "notes", "paths": [str(notes_file)], "text_mode": "paragraph", "weight": 0.3},
     ]
     return sources, evals
 
@@ -82,8 +104,12 @@ def local_build(tiny_tokenizer_dir, tmp_path_factory):
     return tmp, out
 
 
+SCAN_PART_MB = 0.01
+
+
 def ray_settings(cluster, **extra) -> dict:
-    return {"executor": "ray", "ray": {"address": cluster.address, **extra}}
+    ray = {"address": cluster.address, "scan_part_mb": SCAN_PART_MB, **extra}
+    return {"executor": "ray", "ray": ray}
 
 
 @pytest.mark.multiprocess
@@ -97,11 +123,12 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     cluster, _ = ray_cluster
     tmp, local = local_build
     manifest = json.loads((local / "manifest.json").read_text())
-    web, books = manifest["sources"]
+    web, books, notes = manifest["sources"]
     # the planted copies are found, so equal builds mean equal dedup
-    assert (web["exact_duplicates"], books["exact_duplicates"]) == (3, 1)
-    assert web["near_duplicates"] == 3 and books["near_duplicates"] == 2
+    assert (web["exact_duplicates"], books["exact_duplicates"]) == (3, 2)
+    assert (web["near_duplicates"], books["near_duplicates"], notes["near_duplicates"]) == (3, 2, 1)
     assert sum(web["decontaminated"].values()) == 4
+    assert web["read_errors_skipped"] == 1
     assert len(manifest["shards"]) > 4
     raw = recipe_of(tmp, tiny_tokenizer_dir, "ray", **ray_settings(cluster, partitions=3))
     with caplog.at_level("INFO", logger="llmtrain.data"):
@@ -109,7 +136,11 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     assert build_files(out) == build_files(local)
     assert "Ray: 2 nodes, 2 CPUs, 3 dedup partitions" in caplog.text
     assert "[dedup near reduce: 3/3 tasks done" in caplog.text
-    assert "[scan: 5/5 files done" in caplog.text
+    assert "[scan: 7/7 files done" in caplog.text
+    # 4 jsonl files of 4 or 5 parts, books.jsonl 4, books.parquet 4 (2 with no row group),
+    # notes.txt 2: each part a task
+    assert "[scan parts: 24/24 tasks done" in caplog.text
+    assert "scan part: " + str(tmp / "corpus" / "notes.txt") + " part 2/2: " in caplog.text
     # the executor is not part of the build's identity: the local build is complete for Ray
     raw["output_dir"] = str(local.parent)
     caplog.clear()
@@ -128,10 +159,12 @@ def test_workers_killed_mid_scan_and_mid_dedup_change_nothing(
     from llmtrain.data_pipeline import ray_dedup
 
     monkeypatch.setattr(ray_dedup, "MAP_DOCUMENTS", 50)  # maps over parts of files, too
+    monkeypatch.setattr(ray_dedup, "PART_BYTES", 0)
     cluster, _ = ray_cluster
     tmp, local = local_build
-    kills = [
+    kills = [  # a part of a file mid-scan, the join of a file's parts, a near reducer
         "llmtrain.data_pipeline.scan:process_chunk",
+        "llmtrain.data_pipeline.ray_executor:join_parts",
         "llmtrain.data_pipeline.ray_dedup:confirm_pairs",
     ]
     ray.init(
@@ -186,13 +219,13 @@ def test_killed_driver_resumes_without_redoing_finished_steps(
     os.killpg(process.pid, signal.SIGKILL)  # the driver only: Ray's processes are the cluster's
     process.wait()
     scanned_before = len(list(steps.glob("scan--*.json")))
-    assert scanned_before < 5 and not (steps.parent.parent / "manifest.json").exists()
+    assert scanned_before < 7 and not (steps.parent.parent / "manifest.json").exists()
 
     caplog.clear()
     with caplog.at_level("INFO", logger="llmtrain.data"):
         out = build_data(load_recipe(recipe, executor_overrides(cluster.address)))
     rescanned = [m for m in caplog.messages if m.startswith("scan ")]
-    assert len(rescanned) == 5 - scanned_before  # only the files not scanned before
+    assert len(rescanned) == 7 - scanned_before  # only the files not scanned before
     assert build_files(out) == build_files(local)
 
 
@@ -257,3 +290,81 @@ def test_a_node_that_cannot_see_the_build_names_itself_and_the_path(ray_cluster,
         "the inputs must be on a filesystem every node mounts at the same path (NFS, Lustre, "
         "...)"
     )
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_node_lost_mid_scan_changes_nothing(
+    local_build, tiny_tokenizer_dir, ray_cluster, tmp_path, caplog
+):
+    """A third node joins; once one of its workers is scanning a part, the node is taken away
+    (its processes killed): Ray runs its tasks again on the other two and the build is the
+    same. Runs last: the session cluster is back to its two nodes after it."""
+    import threading
+
+    import ray
+
+    cluster, _ = ray_cluster
+    tmp, local = local_build
+    node = cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    marker = tmp_path / "stalled"
+    removed = threading.Event()
+
+    def take_the_node_away() -> None:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if marker.exists():
+            cluster.remove_node(node, allow_graceful=False)
+            removed.set()
+
+    ray.init(
+        address=cluster.address,
+        runtime_env={
+            "worker_process_setup_hook": "tests.ray_support.stall_on_node_hook",
+            "env_vars": {
+                "PYTHONPATH": str(REPO),
+                "LLMTRAIN_TEST_STALL_NODE": node.node_id,
+                "LLMTRAIN_TEST_STALL_MARKER": str(marker),
+            },
+        },
+    )
+    remover = threading.Thread(target=take_the_node_away, daemon=True)
+    remover.start()
+    try:
+        raw = recipe_of(tmp, tiny_tokenizer_dir, "node-lost", **ray_settings(cluster))
+        with caplog.at_level("INFO", logger="llmtrain.data"):
+            out = build_data(validate_recipe(raw))
+    finally:
+        ray.shutdown()
+        remover.join()
+    assert removed.is_set()
+    assert "Ray: 3 nodes, 3 CPUs" in caplog.text
+    assert build_files(out) == build_files(local)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_pairs_reported_by_several_reducers_are_merged_as_they_come(monkeypatch):
+    """The driver's merge of the near reducers' results gives each distinct pair once, with its
+    verdict, whatever the order and however often it is repeated."""
+    import numpy as np
+
+    from llmtrain.data_pipeline import ray_dedup
+    from llmtrain.data_pipeline.ray_dedup import DistinctPairs
+
+    monkeypatch.setattr(ray_dedup, "MERGE_ROWS", 0)
+    rng = np.random.default_rng(0)
+    pairs = np.unique(np.sort(rng.integers(0, 5000, (3000, 2)), axis=1), axis=0)
+    verdicts = rng.random(len(pairs)) < 0.5
+    merged = DistinctPairs()
+    for _ in range(12):  # 12 reducers, each reporting a random half of the pairs
+        chosen = rng.permutation(len(pairs))[: len(pairs) // 2]
+        merged.add((pairs[chosen], verdicts[chosen].astype(np.uint8)))
+        assert len(merged.pairs) + merged.rows <= 2 * len(pairs)  # never all the repeats
+    got_pairs, got_verdicts = merged.result()
+    seen = np.unique(got_pairs, axis=0)
+    assert np.array_equal(got_pairs, seen)
+    index = {tuple(p): v for p, v in zip(pairs.tolist(), verdicts, strict=True)}
+    assert [index[tuple(p)] for p in got_pairs.tolist()] == got_verdicts.tolist()
+    assert len(got_pairs) > 0.99 * len(pairs)

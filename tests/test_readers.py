@@ -146,3 +146,54 @@ def test_stdlib_corpus_is_real_text():
     docs = list(iter_documents("docs", max_bytes=200_000))
     assert len(source) > 3 and any("def " in d for d in source)
     assert len(docs) > 3 and all("def " not in d[:4] for d in docs)
+
+
+def parts_of(size: int, part: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + part, size)) for lo in range(0, size, part)]
+
+
+def test_the_parts_of_a_file_read_in_turn_are_the_file(tmp_path):
+    """Every byte-range cut (line files) and row-group cut (parquet) gives the file's documents,
+    once each, in order; skip reasons keep the file's line numbers."""
+    docs = [f"document {i} " + "word " * (i % 17) for i in range(120)]
+    lines = tmp_path / "lines.jsonl"
+    records = [{"text": d} for d in docs]
+    raw = jsonl_bytes(records[:50]) + b"not json\n\n" + jsonl_bytes(records[50:])
+    lines.write_bytes(raw)
+    paragraphs = tmp_path / "notes.txt"
+    paragraphs.write_text(
+        "".join(f"{d}\nmore of {i}\n\n" + "\n" * (i % 3) for i, d in enumerate(docs))
+    )
+    table = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(records), table, row_group_size=7)
+    cases = [
+        (lines, {"on_error": "skip"}),
+        (paragraphs, {"text_mode": "paragraph"}),
+        (paragraphs, {"text_mode": "line"}),
+        (table, {}),
+    ]
+    for path, options in cases:
+        whole_stats = ReadStats()
+        whole = list(iter_texts(path, stats=whole_stats, **options))
+        size = path.stat().st_size
+        for part_bytes in (13, 97, 1000, size // 2, size):
+            stats = ReadStats()
+            pieces = [
+                text
+                for part in parts_of(size, part_bytes)
+                for text in iter_texts(path, stats=stats, part=part, **options)
+            ]
+            assert pieces == whole, (path.name, options, part_bytes)
+            assert (stats.records, stats.skipped) == (whole_stats.records, whole_stats.skipped)
+        assert len(whole) == (240 if options.get("text_mode") == "line" else 120)
+    stats = ReadStats()
+    bad = raw.index(b"not json")
+    list(iter_texts(lines, on_error="skip", stats=stats, part=(bad - 1, len(raw))))
+    assert stats.examples == [f"{lines}:51: invalid JSON (Expecting value at column 1)"]
+
+
+def test_a_part_of_a_file_read_from_its_start_cannot_be_asked_for(tmp_path):
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl_bytes([{"text": "x"}])))
+    with pytest.raises(ValueError, match="cannot be read in parts"):
+        list(iter_texts(path, part=(0, 5)))

@@ -59,6 +59,9 @@ class ProcessTree:
         self.peak: dict[int, int] = {}
         self.peak_rss: dict[int, int] = {}
         self.names: dict[int, str] = {}
+        self.peak_names: dict[int, str] = {}  # what the process was at its peak
+        self.peak_of: dict[tuple[int, str], int] = {}  # (pid, name or Ray task): peak
+        self.first: dict[int, int] = {}  # private memory when first seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -98,7 +101,12 @@ class ProcessTree:
             # store a process has touched, which the node holds once
             rss, private = memory.get("VmRSS", 0), memory.get("RssAnon", 0)
             self.rss[pid] = private
-            self.peak[pid] = max(self.peak.get(pid, 0), private)
+            if private > self.peak.get(pid, -1):  # the task a Ray worker runs names it then
+                self.peak[pid] = private
+                self.peak_names[pid] = name
+            self.first.setdefault(pid, private)
+            kind = (pid, name)  # a Ray worker runs maps and reducers in turn
+            self.peak_of[kind] = max(self.peak_of.get(kind, 0), private)
             self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), rss)
             self.names[pid] = name
 
@@ -208,7 +216,7 @@ def child_dedup(directory: str, mode: str, partitions: int) -> None:
     else:
         from llmtrain.data_pipeline.ray_executor import RayExecutor
 
-        executor = RayExecutor(RaySection(partitions=partitions, object_store_mb=1024), 2)
+        executor = RayExecutor(RaySection(partitions=partitions, object_store_mb=2048), 2)
     with executor:
         # a first pass warms the workers up (imports, as the scan step does in a build), so
         # that the second pass's rise is what the step itself holds
@@ -222,7 +230,16 @@ def child_dedup(directory: str, mode: str, partitions: int) -> None:
             status, stats = executor.dedup(files, DedupSection())
             seconds = time.perf_counter() - start
     largest = max(tree.peak, key=tree.peak.get)
-    rise = max(tree.peak[p] - before.get(p, 0) for p in tree.peak)
+    rises = {p: tree.peak[p] - before.get(p, 0) for p in tree.peak}
+    grower = max(rises, key=rises.get)
+    # what each kind of task holds: the largest rise of a worker's private memory over its
+    # size before the step, while it ran that task (the driver: the bench's own process)
+    by_task: dict[str, float] = {}
+    for (pid, name), peak in tree.peak_of.items():
+        kind = name.removeprefix("ray::") if name.startswith("ray::") else "driver"
+        if pid == os.getpid() or name.startswith("ray::"):
+            rise = (peak - before.get(pid, tree.first[pid])) / 2**20
+            by_task[kind] = max(by_task.get(kind, 0.0), rise)
     print(
         "RESULT "
         + json.dumps(
@@ -230,8 +247,10 @@ def child_dedup(directory: str, mode: str, partitions: int) -> None:
                 "seconds": seconds,
                 "peak_mb": tree.peak[largest] / 2**20,
                 "peak_rss_mb": max(tree.peak_rss.values()) / 2**20,
-                "largest": tree.names[largest],
-                "rise_mb": rise / 2**20,
+                "largest": tree.peak_names[largest],
+                "rise_mb": rises[grower] / 2**20,
+                "rise_of": tree.peak_names[grower],
+                "rise_by_task": {k: round(v) for k, v in sorted(by_task.items())},
                 "removed": int((status != 0).sum()),
                 "stats": stats["near"]["clusters"],
             }
@@ -265,6 +284,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--skip-builds", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-local-memory", action="store_true", help="dedup on Ray only")
     parser.add_argument("--child-build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-dedup", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,14 +340,17 @@ def main() -> None:
             directory = work / f"scan-{documents}"
             if not directory.is_dir():
                 write_scan_outputs(directory, documents, files=8)
-            for mode, partitions in [("local", 1), *(("ray", p) for p in args.partitions)]:
+            local = [] if args.skip_local_memory else [("local", 1)]
+            for mode, partitions in [*local, *(("ray", p) for p in args.partitions)]:
                 result = run_child("--child-dedup", str(directory), mode, str(partitions))
                 label = "local" if mode == "local" else f"ray P={partitions}"
                 print(
                     f"  {documents:8d} documents  {label:10s} {result['seconds']:6.1f} s  "
                     f"largest process: private peak {result['peak_mb']:5.0f} MB "
-                    f"({result['largest']}), private rise {result['rise_mb']:5.0f} MB, "
-                    f"RSS peak {result['peak_rss_mb']:5.0f} MB  removed {result['removed']}",
+                    f"({result['largest']}), largest private rise {result['rise_mb']:5.0f} MB "
+                    f"({result['rise_of']}), "
+                    f"RSS peak {result['peak_rss_mb']:5.0f} MB  removed {result['removed']}\n"
+                    f"      private rise by task (MB): {result['rise_by_task']}",
                     flush=True,
                 )
 
