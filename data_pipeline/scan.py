@@ -11,6 +11,9 @@ matches, and is appended, in order, to the file's scan directory:
     signatures.u32     uint32 [documents, bands x rows] MinHash signatures
     shingled.bin       bool: the document has words (takes part in near-dedup)
     contamination.bin  int16: index of the eval file it overlaps, or -1
+    language.bin       S16: the detected language (empty without data.filters.language)
+    language_score.bin float32: its score (NaN without the language filter)
+    quality_score.bin  float32: the quality classifier's score (NaN without data.filters.quality)
 
 (raw little-endian arrays, appended chunk by chunk)
 
@@ -35,7 +38,9 @@ from .config import CleanSection, DataSection, DataSource, FiltersSection
 from .decontam import NONE, EvalNgrams
 from .filters import content_failure, length_failure
 from .hashing import Words, exact_hash
+from .langid import detector_for, language_failure
 from .minhash import MinHasher
+from .quality import HISTOGRAM_BINS, histogram, quality_model
 from .readers import ReadStats, iter_texts
 
 CHUNK_DOCUMENTS = 1000
@@ -66,17 +71,72 @@ class ChunkResult:
     signatures: np.ndarray
     shingled: np.ndarray
     contamination: np.ndarray
+    scores: ModelScores
     read: int
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_detail: dict[str, int] = field(default_factory=dict)
 
 
-def make_context(section: DataSection, eval_ngrams: EvalNgrams | None) -> ScanContext:
+@dataclass
+class ModelScores:
+    """Per kept document, what the language and quality filters found; and the counts over
+    every document they looked at (the dropped ones too)."""
+
+    language: np.ndarray  # S16
+    language_score: np.ndarray  # float32
+    quality_score: np.ndarray  # float32
+    languages: dict[str, int]  # detected language: documents
+    quality_histogram: np.ndarray | None  # quality.HISTOGRAM_BINS counts, or None
+
+
+def model_filters(
+    texts: list[str], filters: FiltersSection, drop: Callable[..., None]
+) -> tuple[list[int], ModelScores]:
+    """The language filter, then the quality classifier's threshold, over documents that
+    passed the other filters: (indices of those kept, their scores)."""
+    kept = list(range(len(texts)))
+    language = np.full(len(texts), b"", dtype="S16")
+    language_score = np.full(len(texts), np.nan, dtype=np.float32)
+    quality_score = np.full(len(texts), np.nan, dtype=np.float32)
+    languages: collections.Counter[str] = collections.Counter()
+    if filters.language.enabled and texts:
+        found, scores = detector_for(filters.language).detect(texts)
+        languages.update(found)
+        language[:] = [code.encode("utf-8")[:16] for code in found]
+        language_score[:] = scores
+        kept = []
+        for index, (code, score) in enumerate(zip(found, scores, strict=True)):
+            failure = language_failure(code, score, filters.language)
+            if failure:
+                drop(failure)
+            else:
+                kept.append(index)
+    counts = None
+    if filters.quality.enabled:
+        scored = quality_model(str(filters.quality.model)).score([texts[i] for i in kept])
+        counts = histogram(scored)
+        quality_score[kept] = scored
+        threshold = filters.quality.threshold
+        if threshold is not None:
+            below = int((scored < threshold).sum())
+            if below:
+                drop(("quality", "below_threshold"), below)
+            kept = [index for index, score in zip(kept, scored, strict=True) if score >= threshold]
+    return kept, ModelScores(
+        language[kept], language_score[kept], quality_score[kept], dict(languages), counts
+    )
+
+
+def make_context(
+    section: DataSection,
+    eval_ngrams: EvalNgrams | None,
+    filters: dict[str, FiltersSection] | None = None,
+) -> ScanContext:
+    """`filters`: per source, when not `section.filters_of` (the build resolves paths)."""
     near = section.dedup.near
+    filters = filters or {s.name: section.filters_of(s) for s in section.sources}
     return ScanContext(
-        rules={
-            s.name: SourceRules(section.clean_of(s), section.filters_of(s)) for s in section.sources
-        },
+        rules={s.name: SourceRules(section.clean_of(s), filters[s.name]) for s in section.sources},
         minhasher=MinHasher(bands=near.bands, rows=near.rows, ngram=near.ngram, seed=near.seed),
         eval_ngrams=eval_ngrams,
     )
@@ -97,9 +157,9 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
     dropped: collections.Counter[str] = collections.Counter()
     detail: collections.Counter[str] = collections.Counter()
 
-    def drop(failure: tuple[str, str]) -> None:
-        dropped[failure[0]] += 1
-        detail[".".join(failure)] += 1
+    def drop(failure: tuple[str, str], count: int = 1) -> None:
+        dropped[failure[0]] += count
+        detail[".".join(failure)] += count
 
     candidates = []  # cleaned documents that pass the length filter (before hashing them)
     for text in texts:
@@ -118,6 +178,8 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
             drop(failure)
         else:
             kept.append(index)
+    passed, scores = model_filters([candidates[i] for i in kept], rules.filters, drop)
+    kept = [kept[i] for i in passed]
     kept_words = words.subset(np.asarray(kept, dtype=np.int64))
     signatures, shingled = _CONTEXT.minhasher.signatures(kept_words)
     if _CONTEXT.eval_ngrams is not None:
@@ -134,6 +196,7 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
         read=len(texts),
         dropped=dict(dropped),
         dropped_detail=dict(detail),
+        scores=scores,
     )
 
 
@@ -163,7 +226,11 @@ _COLUMNS = {  # name: (dtype, values per document)
     "exact": (np.dtype("S16"), 1),
     "shingled": (np.dtype(np.bool_), 1),
     "contamination": (np.dtype("<i2"), 1),
+    "language": (np.dtype("S16"), 1),
+    "language_score": (np.dtype("<f4"), 1),
+    "quality_score": (np.dtype("<f4"), 1),
 }
+_SCORE_COLUMNS = ("language", "language_score", "quality_score")
 
 
 class ScanWriter:
@@ -184,6 +251,8 @@ class ScanWriter:
         self.read = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self.dropped_detail: collections.Counter[str] = collections.Counter()
+        self.languages: collections.Counter[str] = collections.Counter()
+        self.quality_histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
 
     def add(self, result: ChunkResult) -> None:
         sizes = np.fromiter((len(t) for t in result.texts), np.int64, len(result.texts))
@@ -192,7 +261,11 @@ class ScanWriter:
         self._files["offsets.u64"].write(ends.astype("<u8").tobytes())
         self._files["signatures.u32"].write(result.signatures.astype("<u4").tobytes())
         for name, (dtype, _) in _COLUMNS.items():
-            self._files[f"{name}.bin"].write(getattr(result, name).astype(dtype).tobytes())
+            source = result.scores if name in _SCORE_COLUMNS else result
+            self._files[f"{name}.bin"].write(getattr(source, name).astype(dtype).tobytes())
+        self.languages.update(result.scores.languages)
+        if result.scores.quality_histogram is not None:
+            self.quality_histogram += result.scores.quality_histogram
         self._end = int(ends[-1]) if len(ends) else self._end
         self.kept += len(result.texts)
         self.read += result.read
@@ -237,7 +310,8 @@ class ScanOutput:
         return values.reshape(stop - start, self.num_perm).astype(np.uint32)
 
     def array(self, name: str) -> np.ndarray:
-        """A one-value-per-document column: exact, shingled or contamination."""
+        """A one-value-per-document column: exact, shingled, contamination, language,
+        language_score or quality_score."""
         dtype, _ = _COLUMNS[name]
         return np.fromfile(self.directory / f"{name}.bin", dtype=dtype)
 
@@ -337,6 +411,8 @@ def scan_file(
         "dropped_detail": dict(sorted(writer.dropped_detail.items())),
         "kept": writer.kept,
         "kept_bytes": writer.kept_bytes,
+        "languages": dict(sorted(writer.languages.items())),
+        "quality_histogram": writer.quality_histogram.tolist(),
     }
 
 
