@@ -170,9 +170,9 @@ class FiltersSection(Section):
     """Document filters, applied in this order; each counts what it drops, per source."""
 
     length: LengthFilter = LengthFilter()
+    language: LanguageFilter = LanguageFilter()
     gopher_quality: GopherQualityFilter = GopherQualityFilter()
     repetition: RepetitionFilter = RepetitionFilter()
-    language: LanguageFilter = LanguageFilter()
     quality: QualityFilter = QualityFilter()
 
 

@@ -89,42 +89,45 @@ class ModelScores:
     quality_histogram: np.ndarray | None  # quality.HISTOGRAM_BINS counts, or None
 
 
-def model_filters(
-    texts: list[str], filters: FiltersSection, drop: Callable[..., None]
-) -> tuple[list[int], ModelScores]:
-    """The language filter, then the quality classifier's threshold, over documents that
-    passed the other filters: (indices of those kept, their scores)."""
-    kept = list(range(len(texts)))
+Drop = Callable[..., None]
+
+
+def language_filter(
+    texts: list[str], filters: FiltersSection, drop: Drop
+) -> tuple[list[int], np.ndarray, np.ndarray, dict[str, int]]:
+    """(indices kept, language and score of every text, documents per detected language)."""
     language = np.full(len(texts), b"", dtype="S16")
-    language_score = np.full(len(texts), np.nan, dtype=np.float32)
-    quality_score = np.full(len(texts), np.nan, dtype=np.float32)
-    languages: collections.Counter[str] = collections.Counter()
-    if filters.language.enabled and texts:
-        found, scores = detector_for(filters.language).detect(texts)
-        languages.update(found)
-        language[:] = [code.encode("utf-8")[:16] for code in found]
-        language_score[:] = scores
-        kept = []
-        for index, (code, score) in enumerate(zip(found, scores, strict=True)):
-            failure = language_failure(code, score, filters.language)
-            if failure:
-                drop(failure)
-            else:
-                kept.append(index)
-    counts = None
-    if filters.quality.enabled:
-        scored = quality_model(str(filters.quality.model)).score([texts[i] for i in kept])
-        counts = histogram(scored)
-        quality_score[kept] = scored
-        threshold = filters.quality.threshold
-        if threshold is not None:
-            below = int((scored < threshold).sum())
-            if below:
-                drop(("quality", "below_threshold"), below)
-            kept = [index for index, score in zip(kept, scored, strict=True) if score >= threshold]
-    return kept, ModelScores(
-        language[kept], language_score[kept], quality_score[kept], dict(languages), counts
-    )
+    score = np.full(len(texts), np.nan, dtype=np.float32)
+    if not filters.language.enabled or not texts:
+        return list(range(len(texts))), language, score, {}
+    found, scores = detector_for(filters.language).detect(texts)
+    language[:] = [code.encode("utf-8")[:16] for code in found]
+    score[:] = scores
+    kept = []
+    for index, (code, value) in enumerate(zip(found, scores, strict=True)):
+        failure = language_failure(code, value, filters.language)
+        if failure:
+            drop(failure)
+        else:
+            kept.append(index)
+    return kept, language, score, dict(collections.Counter(found))
+
+
+def quality_filter(
+    texts: list[str], filters: FiltersSection, drop: Drop
+) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+    """(indices kept, every text's score, the score histogram); with data.filters.quality.
+    threshold the texts below it are dropped, with top_fraction the build chooses later."""
+    if not filters.quality.enabled:
+        return list(range(len(texts))), np.full(len(texts), np.nan, dtype=np.float32), None
+    scores = quality_model(str(filters.quality.model)).score(texts)
+    threshold = filters.quality.threshold
+    if threshold is None:
+        return list(range(len(texts))), scores, histogram(scores)
+    below = int((scores < threshold).sum())
+    if below:
+        drop(("quality", "below_threshold"), below)
+    return np.flatnonzero(scores >= threshold).tolist(), scores, histogram(scores)
 
 
 def make_context(
@@ -170,6 +173,9 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
             drop(failure)
         else:
             candidates.append(text)
+    passed, language, language_score, languages = language_filter(candidates, rules.filters, drop)
+    candidates = [candidates[i] for i in passed]
+    language, language_score = language[passed], language_score[passed]
     words = Words(candidates)
     kept: list[int] = []
     for index, text in enumerate(candidates):
@@ -178,8 +184,13 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
             drop(failure)
         else:
             kept.append(index)
-    passed, scores = model_filters([candidates[i] for i in kept], rules.filters, drop)
+    passed, quality_score, quality_counts = quality_filter(
+        [candidates[i] for i in kept], rules.filters, drop
+    )
     kept = [kept[i] for i in passed]
+    scores = ModelScores(
+        language[kept], language_score[kept], quality_score[passed], languages, quality_counts
+    )
     kept_words = words.subset(np.asarray(kept, dtype=np.int64))
     signatures, shingled = _CONTEXT.minhasher.signatures(kept_words)
     if _CONTEXT.eval_ngrams is not None:

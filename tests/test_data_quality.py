@@ -6,6 +6,7 @@ bad settings get their messages. The same steps on Ray: tests/test_data_ray.py."
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from llmtrain.cli import main
 from llmtrain.data_pipeline.build import build_data
 from llmtrain.data_pipeline.clean import clean_text
-from llmtrain.data_pipeline.config import CleanSection
+from llmtrain.data_pipeline.config import CleanSection, LanguageFilter
 from llmtrain.data_pipeline.quality import (
     auc,
     distribution,
@@ -39,6 +40,12 @@ FRENCH = (
     "sous entre maison ville rivière jardin fenêtre lettre marché hiver été château forêt "
     "village pont médecin professeur écrit lit trouve construit ouvre porte histoire "
     "science musique théâtre gare machine bibliothèque rapide lentement"
+).split()
+
+SPAM = (
+    "buy cheap discount offer free click here now best price deal casino bonus win money "
+    "fast loan credit pills order online shipping sale limited exclusive subscribe today "
+    "the and to of with"
 ).split()
 
 
@@ -289,3 +296,25 @@ def test_unknown_language_code_names_the_key(tmp_path, tiny_tokenizer_dir):
         "data.filters.language.languages: 'english' is not a language the detector knows; "
         "use ISO 639-1 codes such as en, de, fr"
     )
+
+
+def test_missing_package_names_the_extra(monkeypatch, tmp_path):
+    from llmtrain.data_pipeline import langid, quality
+
+    monkeypatch.setitem(sys.modules, "lingua", None)  # import lingua raises ImportError
+    monkeypatch.setitem(sys.modules, "fasttext", None)
+    langid._detector.cache_clear()
+    with pytest.raises(RecipeError) as error:
+        langid.detector_for(LanguageFilter(enabled=True))
+    assert str(error.value) == (
+        "data.filters.language needs lingua-language-detector; install it with "
+        "`pip install 'llmtrain[data]'`"
+    )
+    for name in ("model.bin", "classifier.json"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(RecipeError) as error:
+        quality.QualityModel.load(tmp_path)
+    assert str(error.value) == (
+        "data.filters.quality needs fasttext-wheel; install it with `pip install 'llmtrain[data]'`"
+    )
+    langid._detector.cache_clear()
