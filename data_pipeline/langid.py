@@ -21,15 +21,19 @@ UNKNOWN = "und"
 """The language of a text the detector cannot place (no letters, or lingua has no guess)."""
 
 
+PACKAGES = {"lingua": "lingua-language-detector", "fasttext": "fasttext-wheel"}
+"""The distributions (of the `data` extra) that provide the optional modules."""
+
+
 def require(module: str, what: str) -> Any:
-    """Import an optional package of the `data` extra, or a RecipeError naming the extra."""
+    """Import an optional module of the `data` extra, or a RecipeError naming the extra."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
         raise RecipeError(
-            f"{what} needs the `{module}` package; install it with `pip install 'llmtrain[data]'`"
+            f"{what} needs {PACKAGES[module]}; install it with `pip install 'llmtrain[data]'`"
         ) from None
 
 

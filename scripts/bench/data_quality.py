@@ -30,6 +30,7 @@ project's environment, whose `fasttext` module is fasttext-wheel's).
 from __future__ import annotations
 
 import argparse
+import collections
 import gzip
 import json
 import platform
@@ -102,7 +103,11 @@ def language_id(samples: list[tuple[str, str]]) -> dict:
             lambda t, f=filters: language_filter(t, f, lambda *a: None), texts
         )
         found = [code.decode() for code in found]
-        rows[name] = {"docs_per_cpu_s": rate, "accuracy": _accuracy(labels, found)}
+        rows[name] = {
+            "docs_per_cpu_s": rate,
+            "accuracy": _accuracy(labels, found),
+            "top_confusions": _confusions(labels, found),
+        }
     detector = LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
 
     def plain(batch):
@@ -116,6 +121,12 @@ def language_id(samples: list[tuple[str, str]]) -> dict:
         "accuracy": _accuracy(labels, codes),
     }
     return rows
+
+
+def _confusions(labels: list[str], found: list[str]) -> dict[str, int]:
+    """The most frequent (label -> detected) errors."""
+    pairs = collections.Counter(f"{a}->{b}" for a, b in zip(labels, found, strict=True) if a != b)
+    return dict(pairs.most_common(6))
 
 
 def _accuracy(labels: list[str], found: list[str]) -> float:
