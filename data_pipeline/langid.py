@@ -109,7 +109,11 @@ def detector_for(settings: LanguageFilter) -> LinguaDetector | FastTextDetector:
     detector = _detector(model, settings.low_accuracy)
     unknown = [code for code in settings.languages if code not in detector.labels]
     if unknown:
-        known = "ISO 639-1 codes such as en, de, fr" if model is None else f"labels of {model}"
+        known = (
+            "ISO 639-1 codes such as en, de, fr"
+            if model is None
+            else f"the labels of {model} without __label__ ({', '.join(sorted(detector.labels)[:5])})"
+        )
         raise RecipeError(
             f"data.filters.language.languages: {', '.join(map(repr, unknown))} is not a "
             f"language the detector knows; use {known}"

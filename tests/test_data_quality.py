@@ -318,3 +318,38 @@ def test_missing_package_names_the_extra(monkeypatch, tmp_path):
         "data.filters.quality needs fasttext-wheel; install it with `pip install 'llmtrain[data]'`"
     )
     langid._detector.cache_clear()
+
+
+def test_a_fasttext_language_model_given_by_path(tmp_path, tiny_tokenizer_dir):
+    """The fastText path of the language filter (lid.176 / GlotLID files): here a two-label
+    model trained on the spot, its labels used as the language codes."""
+    import fasttext
+
+    lines = [f"__label__eng_Latn {t}" for t in english_documents(60, seed=5)]
+    lines += [f"__label__deu_Latn {t}" for t in prose(GERMAN, 60, seed=6)]
+    (tmp_path / "lid.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model = fasttext.train_supervised(
+        input=str(tmp_path / "lid.txt"), epoch=10, lr=0.5, dim=8, thread=1, seed=1, verbose=0
+    )
+    model.save_model(str(tmp_path / "lid.bin"))
+    corpus = write_jsonl(
+        tmp_path / "web.jsonl", english_documents(5, seed=7) + prose(GERMAN, 3, seed=8)
+    )
+    language = {"enabled": True, "model": str(tmp_path / "lid.bin"), "min_score": 0.5}
+    raw = data_recipe(
+        tmp_path,
+        tiny_tokenizer_dir,
+        [{"name": "web", "paths": [str(corpus)]}],
+        filters={"language": {**language, "languages": ["eng_Latn"]}},
+    )
+    out = build_data(validate_recipe(raw))
+    entry = json.loads((out / "manifest.json").read_text())["sources"][0]
+    assert entry["languages"] == {"eng_Latn": 5, "deu_Latn": 3} and entry["documents"] == 5
+    raw["data"]["filters"]["language"]["languages"] = ["en"]
+    raw["output_dir"] = str(tmp_path / "other")
+    with pytest.raises(RecipeError) as error:
+        build_data(validate_recipe(raw))
+    assert str(error.value) == (
+        "data.filters.language.languages: 'en' is not a language the detector knows; use the "
+        f"labels of {tmp_path / 'lid.bin'} without __label__ (deu_Latn, eng_Latn)"
+    )
