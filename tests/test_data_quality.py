@@ -353,3 +353,24 @@ def test_a_fasttext_language_model_given_by_path(tmp_path, tiny_tokenizer_dir):
         "data.filters.language.languages: 'en' is not a language the detector knows; use the "
         f"labels of {tmp_path / 'lid.bin'} without __label__ (deu_Latn, eng_Latn)"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["data", "train-classifier"],
+            "llmtrain data train-classifier needs a recipe: RECIPE is missing",
+        ),
+        (
+            ["data", "a.yaml", "b.yaml"],
+            "llmtrain data takes one recipe, got a.yaml and b.yaml; to train the quality "
+            "classifier run `llmtrain data train-classifier RECIPE`",
+        ),
+    ],
+)
+def test_data_command_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"llmtrain: error: {message}"
