@@ -286,15 +286,21 @@ class ClassifierSection(Section):
     negative: list[InputGlob] = Field(min_length=1)
     """Files of documents to drop."""
     text_field: str = "text"
+    """Field holding the text in jsonl, parquet and datasets records."""
     max_documents: int | None = Field(default=None, ge=1)
     """Most documents read from each class (the first ones); null: all."""
     holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
     """Share of each class held out (chosen from the recipe seed) to measure the classifier."""
     dim: int = Field(default=64, ge=1)
+    """Width of the word and n-gram vectors."""
     word_ngrams: int = Field(default=2, ge=1)
+    """Longest word n-gram used as a feature (DCLM: bigrams)."""
     epoch: int = Field(default=5, ge=1)
+    """Passes over the training documents; small sets (hundreds of documents) need ~25."""
     lr: float = Field(default=0.1, gt=0)
+    """Learning rate; small sets need ~0.5."""
     min_count: int = Field(default=1, ge=1)
+    """Words seen fewer times are left out."""
     bucket: int = Field(default=200_000, ge=1)
     """Hash buckets of the word n-grams: the model file is about (words + bucket) x dim x 4
     bytes."""
