@@ -281,10 +281,13 @@ class ClassifierSection(Section):
     """Training data of the quality classifier (`llmtrain data train-classifier RECIPE`),
     written to data.filters.quality.model. Settings of fastText's supervised training."""
 
-    positive: list[InputGlob] = Field(min_length=1)
-    """Files of documents to keep (jsonl, parquet, text, datasets directories)."""
-    negative: list[InputGlob] = Field(min_length=1)
-    """Files of documents to drop."""
+    # resolved against the recipe but not checked when `llmtrain data` starts: only
+    # train-classifier reads them
+    positive: list[OutputPath] = Field(min_length=1)
+    """Files, directories or globs of documents to keep (jsonl, parquet, text, datasets
+    directories)."""
+    negative: list[OutputPath] = Field(min_length=1)
+    """Files, directories or globs of documents to drop."""
     text_field: str = "text"
     """Field holding the text in jsonl, parquet and datasets records."""
     max_documents: int | None = Field(default=None, ge=1)

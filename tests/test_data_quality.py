@@ -25,7 +25,7 @@ from llmtrain.data_pipeline.quality import (
 )
 from llmtrain.data_pipeline.scan import ScanOutput
 from llmtrain.data_pipeline.stdlib_corpus import reference_documents
-from llmtrain.errors import RecipeError, StageInputError
+from llmtrain.errors import InputDataError, RecipeError, StageInputError
 from llmtrain.recipe import validate_recipe
 from tests.data_support import data_recipe, english_documents, write_jsonl
 
@@ -374,3 +374,13 @@ def test_data_command_usage_errors(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"llmtrain: error: {message}"
+
+
+def test_train_classifier_names_files_that_match_nothing(tmp_path):
+    raw = data_recipe(tmp_path, tmp_path, [{"name": "web", "paths": ["x.jsonl"]}])
+    raw["data"]["classifier"] = {"positive": [str(tmp_path / "good-*.jsonl")], "negative": ["n"]}
+    with pytest.raises(InputDataError) as error:
+        train_classifier(validate_recipe(raw))
+    assert str(error.value) == (
+        f"data.classifier.positive: {tmp_path / 'good-*.jsonl'} matches no file"
+    )
