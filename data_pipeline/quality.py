@@ -102,7 +102,8 @@ def quality_model(directory: str) -> QualityModel:
 
 def histogram(scores: np.ndarray) -> np.ndarray:
     """Counts of scores in HISTOGRAM_BINS equal bins over [0, 1] (1.0 in the last)."""
-    bins = np.minimum((np.asarray(scores, dtype=np.float64) * HISTOGRAM_BINS).astype(np.int64), 99)
+    scaled = (np.asarray(scores, dtype=np.float64) * HISTOGRAM_BINS).astype(np.int64)
+    bins = np.minimum(scaled, HISTOGRAM_BINS - 1)
     return np.bincount(bins, minlength=HISTOGRAM_BINS)
 
 
