@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench,ray,eval,export]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench,ray,eval,export,data]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

@@ -34,12 +34,14 @@ from llmtrain.atomic import atomic_path, atomic_write_json, atomic_write_text
 from llmtrain.errors import InputDataError, RunDirError
 from llmtrain.locking import locked
 
-from .config import DataSection
+from .config import DataSection, DataSource, FiltersSection
 from .decontam import EvalNgrams, eval_files
-from .dedup import CONTAMINATED, EXACT, KEPT, NEAR, apply_contamination
+from .dedup import CONTAMINATED, EXACT, KEPT, LOW_QUALITY, NEAR, apply_contamination
 from .executor import StepProgress, make_executor
+from .langid import detector_for
 from .manifest import FORMAT_VERSION, MANIFEST, render_report
 from .mixture import plan_mixture, shard_ranges, source_key, validation_documents
+from .quality import check_model_directory, distribution, model_directory, top_fraction_drops
 from .readers import expand_paths
 from .scan import ScanJob, ScanOutput, make_context
 from .shards import dtype_name
@@ -106,9 +108,11 @@ class Steps:
 
 def _settings(recipe: Any, section: DataSection, info: TokenizerInfo) -> dict:
     return {
-        # settings that change no output (processes, executor, keeping work files) are left out
+        # settings that change no output (processes, executor, keeping work files, the
+        # classifier's training data: the model's files are fingerprinted) are left out
         "data": section.model_dump(
-            mode="json", exclude={"num_proc", "keep_intermediate", "executor", "ray"}
+            mode="json",
+            exclude={"num_proc", "keep_intermediate", "executor", "ray", "classifier"},
         ),
         "seed": recipe.seed,
         "tokenizer": info.fingerprint,
@@ -212,6 +216,30 @@ class DataBuild:
         self.eval_fingerprint = fingerprint(
             decontamination.model_dump(mode="json"), [file_stamp(f) for f in self.eval_files]
         )
+        self.filters = {s.name: self._filters_of(s) for s in section.sources}
+
+    def _filters_of(self, source: DataSource) -> FiltersSection:
+        """The source's filters, with the quality model's default directory filled in; the
+        language detector and the quality model checked before any work starts."""
+        filters = self.section.filters_of(source)
+        if filters.language.enabled:
+            detector_for(filters.language)
+        if not filters.quality.enabled:
+            return filters
+        directory = model_directory(self.recipe, filters.quality.model)
+        check_model_directory(directory)
+        quality = filters.quality.model_copy(update={"model": directory})
+        return filters.model_copy(update={"quality": quality})
+
+    def _model_stamps(self, filters: FiltersSection) -> list:
+        """What identifies the model files the filters read (their path, size and time)."""
+        stamps = []
+        if filters.language.enabled and filters.language.model is not None:
+            stamps.append(file_stamp(Path(filters.language.model)))
+        if filters.quality.enabled:
+            directory = Path(filters.quality.model)
+            stamps += [file_stamp(p) for p in sorted(directory.iterdir()) if p.is_file()]
+        return stamps
 
     def run(self) -> dict:
         finished = self._finished_steps()
@@ -264,7 +292,10 @@ class DataBuild:
 
     def _dedup_fingerprint(self) -> str:
         scan_fps = [self._scan_fingerprint(i, p) for i, _, p in self._scan_files_list()]
-        return fingerprint("dedup", scan_fps, self.section.dedup.model_dump(mode="json"))
+        top_fractions = [self.filters[s.name].quality.top_fraction for s in self.section.sources]
+        return fingerprint(
+            "dedup", scan_fps, self.section.dedup.model_dump(mode="json"), top_fractions
+        )
 
     def _plan_fingerprint(self, source: str) -> str:
         return fingerprint(
@@ -290,7 +321,11 @@ class DataBuild:
             "scan",
             source.model_dump(mode="json", exclude={"weight", "max_epochs", "paths"}),
             self.section.clean_of(source).model_dump(mode="json"),
-            self.section.filters_of(source).model_dump(mode="json"),
+            # top_fraction is applied in the dedup step
+            self.filters[source.name].model_dump(
+                mode="json", exclude={"quality": {"top_fraction"}}
+            ),
+            self._model_stamps(self.filters[source.name]),
             [near.ngram, near.bands, near.rows, near.seed],
             self.eval_fingerprint,
             file_stamp(path),
@@ -338,7 +373,7 @@ class DataBuild:
                         path,
                         d.min_words,
                     )
-        context = make_context(self.section, eval_ngrams)
+        context = make_context(self.section, eval_ngrams, self.filters)
         jobs = [
             ScanJob(
                 index=index,
@@ -442,15 +477,23 @@ class DataBuild:
         outputs = self._scan_outputs()
         status, stats = self.executor.dedup(outputs, self.section.dedup)
         per_source: dict[str, dict] = {}
-        start = 0
-        for name, output in outputs:  # decontamination, and the counts, one file at a time
-            part = status[start : start + output.documents]
-            start += output.documents
+        starts = np.cumsum([0] + [output.documents for _, output in outputs])
+        for (_, output), start in zip(outputs, starts, strict=False):  # one file at a time
             owner = output.array("contamination").astype(np.int16)
-            apply_contamination(part, owner)
+            apply_contamination(status[start : start + output.documents], owner)
+        quality_dropped = self._apply_top_fraction(status, outputs, starts)
+        for (name, output), start in zip(outputs, starts, strict=False):  # the counts
+            part = status[start : start + output.documents]
+            owner = output.array("contamination").astype(np.int16)
             entry = per_source.setdefault(
                 name,
-                {"exact_duplicates": 0, "near_duplicates": 0, "decontaminated": {}, "kept": 0},
+                {
+                    "exact_duplicates": 0,
+                    "near_duplicates": 0,
+                    "decontaminated": {},
+                    "quality_top_fraction_dropped": quality_dropped.get(name, 0),
+                    "kept": 0,
+                },
             )
             entry["exact_duplicates"] += int((part == EXACT).sum())
             entry["near_duplicates"] += int((part == NEAR).sum())
@@ -474,6 +517,24 @@ class DataBuild:
             time.perf_counter() - started,
         )
         return result
+
+    def _apply_top_fraction(
+        self, status: np.ndarray, outputs: list[tuple[str, ScanOutput]], starts: np.ndarray
+    ) -> dict[str, int]:
+        """Mark LOW_QUALITY the kept documents of each source with data.filters.quality.
+        top_fraction that are outside that top share by score; {source: documents marked}."""
+        dropped = {}
+        for source in self.section.sources:
+            fraction = self.filters[source.name].quality.top_fraction
+            if not self.filters[source.name].quality.enabled or fraction is None:
+                continue
+            files = [i for i, (name, _) in enumerate(outputs) if name == source.name]
+            lo, hi = starts[files[0]], starts[files[-1] + 1]  # a source's files are contiguous
+            scores = np.concatenate([outputs[i][1].array("quality_score") for i in files])
+            drops = top_fraction_drops(scores, status[lo:hi] == KEPT, fraction)
+            status[lo + drops] = LOW_QUALITY
+            dropped[source.name] = int(drops.size)
+        return dropped
 
     def _check_survives_dedup(self, index: int, entry: dict | None, records: list[dict]) -> None:
         if entry is not None and entry["kept"] > 0:
@@ -660,6 +721,7 @@ class DataBuild:
                     "exact_duplicates": dedup_entry["exact_duplicates"],
                     "near_duplicates": dedup_entry["near_duplicates"],
                     "decontaminated": dedup_entry["decontaminated"],
+                    **self._model_filter_stats(source, records, dedup_entry),
                     "documents": dedup_entry["kept"],
                     "text_bytes": sum(r["kept_bytes"] for r in records),
                     "train": split_stats["train"],
@@ -697,6 +759,30 @@ class DataBuild:
         atomic_write_json(self.out / MANIFEST, manifest)
         self._clean_up(all_shards)
         return manifest
+
+    def _model_filter_stats(self, source: DataSource, records: list[dict], entry: dict) -> dict:
+        """The manifest's `languages` (detected language: documents, over those the language
+        filter saw) and `quality` (the rule, documents it dropped, score distribution)."""
+        filters = self.filters[source.name]
+        out: dict[str, Any] = {}
+        if filters.language.enabled:
+            languages: dict[str, int] = {}
+            for r in records:
+                for code, count in r["languages"].items():
+                    languages[code] = languages.get(code, 0) + count
+            out["languages"] = dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0])))
+        if filters.quality.enabled:
+            quality = filters.quality
+            histogram = np.sum([r["quality_histogram"] for r in records], axis=0)
+            dropped = sum(r["dropped"].get("quality", 0) for r in records)
+            out["quality"] = {
+                "model": str(quality.model),
+                "threshold": quality.threshold,
+                "top_fraction": quality.top_fraction,
+                "dropped": dropped + entry["quality_top_fraction_dropped"],
+                **distribution(histogram.tolist()),
+            }
+        return out
 
     def _clean_up(self, shards: list[dict]) -> None:
         keep = {self.out / s["path"] for s in shards} | {self.out / s["index"] for s in shards}

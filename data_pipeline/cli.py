@@ -6,6 +6,8 @@
     llmtrain data recipes/tiny.yaml --verify        # recompute every shard's sha256
     llmtrain data recipes/tiny.yaml --executor ray  # on a Ray started for this build
     llmtrain data recipes/tiny.yaml --executor ray --ray-address auto   # on a running cluster
+    llmtrain data train-classifier recipes/tiny.yaml  # train data.filters.quality's model from
+                                                    # data.classifier's files
 
 Light module: numpy, transformers and tokenizers are imported only when the command runs.
 """
@@ -25,10 +27,18 @@ STAGES = (Stage("data", DataSection, ("data",), reads={"tokenizer": "tokenizer"}
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "data",
-        help="clean, filter, dedup, decontaminate, mix, tokenize and pack the recipe's sources",
+        help="clean, filter, dedup, decontaminate, mix, tokenize and pack the recipe's sources; "
+        "`data train-classifier RECIPE` trains the quality classifier",
+        usage="%(prog)s RECIPE [options] | %(prog)s train-classifier RECIPE [--set KEY=VALUE]",
         parents=[common],
     )
     add_recipe_arguments(parser)
+    parser.add_argument(
+        "classifier_recipe",
+        nargs="?",
+        metavar="RECIPE",
+        help="with `train-classifier` first: the recipe whose data.classifier to train",
+    )
     add_stage_argument(parser, "data")
     parser.add_argument(
         "--overwrite",
@@ -72,6 +82,16 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.recipe == "train-classifier":
+        _train_classifier(args)
+        return
+    if args.classifier_recipe is not None:
+        from llmtrain.errors import RecipeError
+
+        raise RecipeError(
+            f"llmtrain data takes one recipe, got {args.recipe} and {args.classifier_recipe}; "
+            "to train the quality classifier run `llmtrain data train-classifier RECIPE`"
+        )
     args.overrides = [*(args.overrides or []), *run_overrides(args)]
     recipe = load_recipe_from_args(args)
     if args.verify:
@@ -82,6 +102,25 @@ def _run(args: argparse.Namespace) -> None:
     out = build_data(recipe, overwrite=args.overwrite)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"data build: {out}")
+
+
+def _train_classifier(args: argparse.Namespace) -> None:
+    from llmtrain.errors import RecipeError
+
+    if args.classifier_recipe is None:
+        raise RecipeError("llmtrain data train-classifier needs a recipe: RECIPE is missing")
+    args.recipe = args.classifier_recipe
+    recipe = load_recipe_from_args(args)
+    from llmtrain.data_pipeline.quality import train_classifier
+
+    info = train_classifier(recipe)
+    held_out = info["held_out"]
+    print(
+        f"held-out documents: {held_out['positive']} positive, {held_out['negative']} negative; "
+        f"AUC {held_out['auc']:.4f}, precision {held_out['precision']:.4f} and recall "
+        f"{held_out['recall']:.4f} at score >= {held_out['threshold']}"
+    )
+    print(f"quality classifier: {info['directory']}")
 
 
 def _verify(build_dir) -> None:

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from llmtrain.schema import InputGlob, InputPath, Section
+from llmtrain.schema import InputGlob, InputPath, OutputPath, Section
 
 Normalization = Literal["NFC", "NFKC", "NFD", "NFKD"]
 OnError = Literal["raise", "skip"]
@@ -119,12 +119,61 @@ class RepetitionFilter(Section):
         return value
 
 
+class LanguageFilter(Section):
+    """Language identification (`data_pipeline/langid.py`): keep documents whose detected
+    language is one of `languages` with a score of at least `min_score`. Needs
+    `pip install llmtrain[data]`."""
+
+    enabled: bool = False
+    languages: list[str] = Field(default=["en"], min_length=1)
+    """Languages to keep, as the detector names them: ISO 639-1 codes (`en`, `de`) for lingua;
+    the model's labels without `__label__` for a fastText model (`en` for lid.176,
+    `eng_Latn` for GlotLID)."""
+    min_score: float = Field(default=0.65, ge=0, le=1)
+    """Lowest score of the detected language (lingua's confidence, fastText's probability)."""
+    model: InputPath | None = None
+    """A fastText language-ID model file (lid.176.bin, GlotLID's model.bin); null: lingua,
+    whose models ship inside its package (works offline)."""
+    low_accuracy: bool = True
+    """lingua's low-accuracy mode (trigrams only): ~100 MB per worker instead of ~1 GB; on
+    documents both modes answer alike, the mode matters for texts of a few words."""
+
+
+class QualityFilter(Section):
+    """A trained quality classifier (`llmtrain data train-classifier`, DCLM-style fastText):
+    keep documents whose score is at least `threshold`, or the `top_fraction` of each
+    source's documents by score. Needs `pip install llmtrain[data]`."""
+
+    enabled: bool = False
+    model: OutputPath | None = None
+    """The classifier directory written by `llmtrain data train-classifier`; default:
+    <output_dir>/quality_classifier."""
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    """Keep documents whose score (the classifier's probability of the positive class) is at
+    least this."""
+    top_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Keep this share of each source's documents (those left after dedup and
+    decontamination), the highest-scoring; ties go to the earlier document."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> QualityFilter:
+        if self.enabled and (self.threshold is None) == (self.top_fraction is None):
+            given = "both" if self.threshold is not None else "neither"
+            raise ValueError(
+                f"set one of threshold and top_fraction ({given} is set); a source "
+                "that overrides one sets the other to null"
+            )
+        return self
+
+
 class FiltersSection(Section):
     """Document filters, applied in this order; each counts what it drops, per source."""
 
     length: LengthFilter = LengthFilter()
+    language: LanguageFilter = LanguageFilter()
     gopher_quality: GopherQualityFilter = GopherQualityFilter()
     repetition: RepetitionFilter = RepetitionFilter()
+    quality: QualityFilter = QualityFilter()
 
 
 class DataSource(Section):
@@ -228,6 +277,38 @@ class DecontaminationSection(Section):
     shorter items are not matched (they would match common phrases)."""
 
 
+class ClassifierSection(Section):
+    """Training data of the quality classifier (`llmtrain data train-classifier RECIPE`),
+    written to data.filters.quality.model. Settings of fastText's supervised training."""
+
+    # resolved against the recipe but not checked when `llmtrain data` starts: only
+    # train-classifier reads them
+    positive: list[OutputPath] = Field(min_length=1)
+    """Files, directories or globs of documents to keep (jsonl, parquet, text, datasets
+    directories)."""
+    negative: list[OutputPath] = Field(min_length=1)
+    """Files, directories or globs of documents to drop."""
+    text_field: str = "text"
+    """Field holding the text in jsonl, parquet and datasets records."""
+    max_documents: int | None = Field(default=None, ge=1)
+    """Most documents read from each class (the first ones); null: all."""
+    holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    """Share of each class held out (chosen from the recipe seed) to measure the classifier."""
+    dim: int = Field(default=64, ge=1)
+    """Width of the word and n-gram vectors."""
+    word_ngrams: int = Field(default=2, ge=1)
+    """Longest word n-gram used as a feature (DCLM: bigrams)."""
+    epoch: int = Field(default=5, ge=1)
+    """Passes over the training documents; small sets (hundreds of documents) need ~25."""
+    lr: float = Field(default=0.1, gt=0)
+    """Learning rate; small sets need ~0.5."""
+    min_count: int = Field(default=1, ge=1)
+    """Words seen fewer times are left out."""
+    bucket: int = Field(default=200_000, ge=1)
+    """Hash buckets of the word n-grams: the model file is about (words + bucket) x dim x 4
+    bytes."""
+
+
 class ValidationSection(Section):
     """The validation split: whole documents held out of training, per source."""
 
@@ -293,6 +374,8 @@ class DataSection(Section):
     dedup: DedupSection = DedupSection()
     decontamination: DecontaminationSection = DecontaminationSection()
     validation: ValidationSection = ValidationSection()
+    classifier: ClassifierSection | None = None
+    """Training data of the quality classifier (`llmtrain data train-classifier`)."""
 
     @model_validator(mode="after")
     def _check_sources(self) -> DataSection:

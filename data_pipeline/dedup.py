@@ -27,6 +27,8 @@ from .scan import ScanOutput
 log = logging.getLogger(__name__)
 
 KEPT, EXACT, NEAR, CONTAMINATED = 0, 1, 2, 3
+LOW_QUALITY = 4
+"""Outside its source's data.filters.quality.top_fraction (set by the build after dedup)."""
 _PAIR_BLOCK = 1 << 16
 
 

@@ -3,7 +3,8 @@
 `first_failure(text, words, settings)` returns why a document is dropped, as
 `(filter, check)` such as `("gopher_quality", "stop_words")`, or None to keep it. Filters run
 in the order length, gopher_quality, repetition; a document is counted under the first that
-drops it.
+drops it. The scan runs the language filter (`langid`) between length and gopher_quality, and
+the quality classifier (`quality`) last.
 
 Definitions follow Rae et al. 2021 (appendix A) as datatrove implements them, with two
 choices made explicit: "words" for the quality checks are whitespace-separated; n-gram

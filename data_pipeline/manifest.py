@@ -161,6 +161,7 @@ def render_report(manifest: dict[str, Any]) -> str:
     if contaminated:
         lines += ["", "Documents dropped for overlapping an eval file:", ""]
         lines += [f"- {name}: `{path}` {count:,}" for name, path, count in contaminated]
+    lines += _model_filter_report(sources)
     near = manifest["dedup"].get("near")
     if near:
         lines += [
@@ -176,3 +177,49 @@ def render_report(manifest: dict[str, Any]) -> str:
         ]
         lines += [f"| {k} | {v:,} |" for k, v in near["size_histogram"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _model_filter_report(sources: list[dict[str, Any]]) -> list[str]:
+    """The language filter's detected languages and the quality classifier's scores."""
+    lines: list[str] = []
+    languages = [s for s in sources if "languages" in s]
+    if languages:
+        lines += [
+            "",
+            "## Languages",
+            "",
+            "Detected languages of the documents the language filter saw (the most frequent ten):",
+            "",
+        ]
+        for s in languages:
+            top = list(s["languages"].items())[:10]
+            lines.append(f"- {s['name']}: " + ", ".join(f"{k} {v:,}" for k, v in top))
+    quality = [s for s in sources if "quality" in s]
+    if quality:
+        lines += [
+            "",
+            "## Quality classifier",
+            "",
+            "| source | rule | scored | dropped | p10 | p25 | p50 | p75 | p90 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in quality:
+            q = s["quality"]
+            rule = (
+                f"score >= {q['threshold']}"
+                if q["threshold"] is not None
+                else f"top {100 * q['top_fraction']:g}%"
+            )
+            cells = [str(q["quantiles"].get(f"p{p}", "")) for p in (10, 25, 50, 75, 90)]
+            lines.append(
+                f"| {s['name']} | {rule} | {q['scored']:,} | {q['dropped']:,} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines += ["", "Score histogram (documents per score bin):", ""]
+        bins = list(quality[0]["quality"]["histogram"])
+        lines += ["| source | " + " | ".join(bins) + " |", "|---|" + "---:|" * len(bins)]
+        for s in quality:
+            counts = s["quality"]["histogram"].values()
+            lines.append(f"| {s['name']} | " + " | ".join(f"{c:,}" for c in counts) + " |")
+    return lines

@@ -11,6 +11,9 @@ matches, and is appended, in order, to the file's scan directory:
     signatures.u32     uint32 [documents, bands x rows] MinHash signatures
     shingled.bin       bool: the document has words (takes part in near-dedup)
     contamination.bin  int16: index of the eval file it overlaps, or -1
+    language.bin       S16: the detected language (empty without data.filters.language)
+    language_score.bin float32: its score (NaN without the language filter)
+    quality_score.bin  float32: the quality classifier's score (NaN without data.filters.quality)
 
 (raw little-endian arrays, appended chunk by chunk)
 
@@ -39,7 +42,9 @@ from .config import CleanSection, DataSection, DataSource, FiltersSection
 from .decontam import NONE, EvalNgrams
 from .filters import content_failure, length_failure
 from .hashing import Words, exact_hash
+from .langid import detector_for, language_failure
 from .minhash import MinHasher
+from .quality import HISTOGRAM_BINS, histogram, quality_model
 from .readers import EXAMPLES, ReadStats, iter_texts, splittable
 
 CHUNK_DOCUMENTS = 1000
@@ -70,17 +75,75 @@ class ChunkResult:
     signatures: np.ndarray
     shingled: np.ndarray
     contamination: np.ndarray
+    scores: ModelScores
     read: int
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_detail: dict[str, int] = field(default_factory=dict)
 
 
-def make_context(section: DataSection, eval_ngrams: EvalNgrams | None) -> ScanContext:
+@dataclass
+class ModelScores:
+    """Per kept document, what the language and quality filters found; and the counts over
+    every document they looked at (the dropped ones too)."""
+
+    language: np.ndarray  # S16
+    language_score: np.ndarray  # float32
+    quality_score: np.ndarray  # float32
+    languages: dict[str, int]  # detected language: documents
+    quality_histogram: np.ndarray | None  # quality.HISTOGRAM_BINS counts, or None
+
+
+Drop = Callable[..., None]
+
+
+def language_filter(
+    texts: list[str], filters: FiltersSection, drop: Drop
+) -> tuple[list[int], np.ndarray, np.ndarray, dict[str, int]]:
+    """(indices kept, language and score of every text, documents per detected language)."""
+    language = np.full(len(texts), b"", dtype="S16")
+    score = np.full(len(texts), np.nan, dtype=np.float32)
+    if not filters.language.enabled or not texts:
+        return list(range(len(texts))), language, score, {}
+    found, scores = detector_for(filters.language).detect(texts)
+    language[:] = [code.encode("utf-8")[:16] for code in found]
+    score[:] = scores
+    kept = []
+    for index, (code, value) in enumerate(zip(found, scores, strict=True)):
+        failure = language_failure(code, value, filters.language)
+        if failure:
+            drop(failure)
+        else:
+            kept.append(index)
+    return kept, language, score, dict(collections.Counter(found))
+
+
+def quality_filter(
+    texts: list[str], filters: FiltersSection, drop: Drop
+) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+    """(indices kept, every text's score, the score histogram); with data.filters.quality.
+    threshold the texts below it are dropped, with top_fraction the build chooses later."""
+    if not filters.quality.enabled:
+        return list(range(len(texts))), np.full(len(texts), np.nan, dtype=np.float32), None
+    scores = quality_model(str(filters.quality.model)).score(texts)
+    threshold = filters.quality.threshold
+    if threshold is None:
+        return list(range(len(texts))), scores, histogram(scores)
+    below = int((scores < threshold).sum())
+    if below:
+        drop(("quality", "below_threshold"), below)
+    return np.flatnonzero(scores >= threshold).tolist(), scores, histogram(scores)
+
+
+def make_context(
+    section: DataSection,
+    eval_ngrams: EvalNgrams | None,
+    filters: dict[str, FiltersSection] | None = None,
+) -> ScanContext:
+    """`filters`: per source, when not `section.filters_of` (the build resolves paths)."""
     near = section.dedup.near
+    filters = filters or {s.name: section.filters_of(s) for s in section.sources}
     return ScanContext(
-        rules={
-            s.name: SourceRules(section.clean_of(s), section.filters_of(s)) for s in section.sources
-        },
+        rules={s.name: SourceRules(section.clean_of(s), filters[s.name]) for s in section.sources},
         minhasher=MinHasher(bands=near.bands, rows=near.rows, ngram=near.ngram, seed=near.seed),
         eval_ngrams=eval_ngrams,
     )
@@ -101,9 +164,9 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
     dropped: collections.Counter[str] = collections.Counter()
     detail: collections.Counter[str] = collections.Counter()
 
-    def drop(failure: tuple[str, str]) -> None:
-        dropped[failure[0]] += 1
-        detail[".".join(failure)] += 1
+    def drop(failure: tuple[str, str], count: int = 1) -> None:
+        dropped[failure[0]] += count
+        detail[".".join(failure)] += count
 
     candidates = []  # cleaned documents that pass the length filter (before hashing them)
     for text in texts:
@@ -114,6 +177,9 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
             drop(failure)
         else:
             candidates.append(text)
+    passed, language, language_score, languages = language_filter(candidates, rules.filters, drop)
+    candidates = [candidates[i] for i in passed]
+    language, language_score = language[passed], language_score[passed]
     words = Words(candidates)
     kept: list[int] = []
     for index, text in enumerate(candidates):
@@ -122,6 +188,13 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
             drop(failure)
         else:
             kept.append(index)
+    passed, quality_score, quality_counts = quality_filter(
+        [candidates[i] for i in kept], rules.filters, drop
+    )
+    kept = [kept[i] for i in passed]
+    scores = ModelScores(
+        language[kept], language_score[kept], quality_score[passed], languages, quality_counts
+    )
     kept_words = words.subset(np.asarray(kept, dtype=np.int64))
     signatures, shingled = _CONTEXT.minhasher.signatures(kept_words)
     if _CONTEXT.eval_ngrams is not None:
@@ -138,6 +211,7 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
         read=len(texts),
         dropped=dict(dropped),
         dropped_detail=dict(detail),
+        scores=scores,
     )
 
 
@@ -171,8 +245,12 @@ _COLUMNS = {  # name: (dtype, values per document)
     "exact": (np.dtype("S16"), 1),
     "shingled": (np.dtype(np.bool_), 1),
     "contamination": (np.dtype("<i2"), 1),
+    "language": (np.dtype("S16"), 1),
+    "language_score": (np.dtype("<f4"), 1),
+    "quality_score": (np.dtype("<f4"), 1),
 }
 _FILES = ("texts.bin", "offsets.u64", "signatures.u32", *(f"{n}.bin" for n in _COLUMNS))
+_SCORE_COLUMNS = ("language", "language_score", "quality_score")
 
 
 class ScanWriter:
@@ -192,6 +270,8 @@ class ScanWriter:
         self.read = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self.dropped_detail: collections.Counter[str] = collections.Counter()
+        self.languages: collections.Counter[str] = collections.Counter()
+        self.quality_histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
 
     def add(self, result: ChunkResult) -> None:
         sizes = np.fromiter((len(t) for t in result.texts), np.int64, len(result.texts))
@@ -200,7 +280,11 @@ class ScanWriter:
         self._files["offsets.u64"].write(ends.astype("<u8").tobytes())
         self._files["signatures.u32"].write(result.signatures.astype("<u4").tobytes())
         for name, (dtype, _) in _COLUMNS.items():
-            self._files[f"{name}.bin"].write(getattr(result, name).astype(dtype).tobytes())
+            source = result.scores if name in _SCORE_COLUMNS else result
+            self._files[f"{name}.bin"].write(getattr(source, name).astype(dtype).tobytes())
+        self.languages.update(result.scores.languages)
+        if result.scores.quality_histogram is not None:
+            self.quality_histogram += result.scores.quality_histogram
         self._end = int(ends[-1]) if len(ends) else self._end
         self.kept += len(result.texts)
         self.read += result.read
@@ -245,7 +329,8 @@ class ScanOutput:
         return values.reshape(stop - start, self.num_perm).astype(np.uint32)
 
     def array(self, name: str) -> np.ndarray:
-        """A one-value-per-document column: exact, shingled or contamination."""
+        """A one-value-per-document column: exact, shingled, contamination, language,
+        language_score or quality_score."""
         dtype, _ = _COLUMNS[name]
         return np.fromfile(self.directory / f"{name}.bin", dtype=dtype)
 
@@ -377,6 +462,8 @@ def scan_file(
         "dropped_detail": dict(sorted(writer.dropped_detail.items())),
         "kept": writer.kept,
         "kept_bytes": writer.kept_bytes,
+        "languages": dict(sorted(writer.languages.items())),
+        "quality_histogram": writer.quality_histogram.tolist(),
     }
 
 
@@ -416,11 +503,14 @@ def join_parts(job: ScanJob, records: list[dict]) -> dict:
     record["read_error_examples"] = [e for r in records for e in r["read_error_examples"]][
         :EXAMPLES
     ]
-    for key in ("dropped", "dropped_detail"):
+    for key in ("dropped", "dropped_detail", "languages"):
         total: collections.Counter[str] = collections.Counter()
         for r in records:
             total.update(r[key])
         record[key] = dict(sorted(total.items()))
+    record["quality_histogram"] = np.sum(
+        [r["quality_histogram"] for r in records], axis=0, dtype=np.int64
+    ).tolist()
     return record
 
 

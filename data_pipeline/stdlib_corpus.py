@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -85,3 +86,25 @@ def write_jsonl(path: str | Path, documents: Iterable[str], field: str = "text")
             f.write(json.dumps({field: text}, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def reference_documents(min_words: int = 150) -> list[str]:
+    """The Python language reference as it ships with the stdlib (`pydoc_data.topics`, the
+    text `help()` shows): each topic's paragraphs grouped, in order, into documents of at
+    least `min_words` words (a topic's short tail joins its last document)."""
+    from pydoc_data.topics import topics
+
+    documents: list[str] = []
+    for name in sorted(topics):
+        first = len(documents)
+        current: list[str] = []
+        words = 0
+        for paragraph in re.split(r"\n\s*\n", topics[name].strip()):
+            current.append(paragraph)
+            words += len(paragraph.split())
+            if words >= min_words:
+                documents.append("\n\n".join(current))
+                current, words = [], 0
+        if current and len(documents) > first:
+            documents[-1] += "\n\n" + "\n\n".join(current)
+    return documents

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,19 +24,22 @@ from tests.data_support import data_recipe, english_documents, write_jsonl
 from tests.ray_support import NODE, REPO
 from tests.ray_support import ray_cluster as _session_cluster
 from tests.test_data_build import near_copy
+from tests.test_data_quality import FRENCH, GERMAN, SPAM, prose
 
 ray_cluster = _session_cluster  # the session's two-node cluster (tests/ray_support.py)
 
 
 def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
     """Three sources over several files of three formats, with planted exact and near copies
-    (within a source and across sources), documents that quote the eval file and a broken
-    line (skipped). The Ray builds scan the files in parts of 10 KB (SCAN_PART_MB), so most
-    files are several parts (jsonl: lines; parquet: row groups; text: paragraphs)."""
+    (within a source and across sources), documents that quote the eval file, a broken line
+    (skipped), documents in German and French (for the language filter) and spam (for the
+    quality classifier). The Ray builds scan the files in parts of 10 KB (SCAN_PART_MB), so
+    most files are several parts (jsonl: lines; parquet: row groups; text: paragraphs)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     web_files = []
+    spam = prose(SPAM, 6, seed=300)
     base = [english_documents(40, seed=10 + n, words=(80, 200)) for n in range(4)]
     eval_text = english_documents(3, seed=99, words=(30, 40))
     for number, docs in enumerate(base):
@@ -45,11 +49,14 @@ def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
             docs.append(near_copy(base[0][number + 5], 1, seed=number))  # near copy
         fresh = english_documents(1, seed=200 + number)[0]
         docs.append(fresh + " " + eval_text[number % 3])  # contaminated
+        docs.insert(3, prose(GERMAN if number % 2 else FRENCH, 1, seed=number)[0])
+        docs.append(spam[number])
         web_files.append(write_jsonl(tmp / "corpus" / f"web-{number}.jsonl", docs))
     lines = web_files[2].read_text(encoding="utf-8").splitlines(keepends=True)
     web_files[2].write_text("".join([*lines[:30], "{broken\n", *lines[30:]]), encoding="utf-8")
     books = english_documents(30, seed=50)
     books += [base[1][2].lower(), near_copy(base[2][3], 2, seed=7), near_copy(books[4], 1, seed=8)]
+    books += [*spam[4:], prose(GERMAN, 1, seed=9)[0]]
     books_file = write_jsonl(tmp / "corpus" / "books.jsonl", books)
     more_books = english_documents(40, seed=51, words=(60, 120)) + [base[3][9]]
     pq.write_table(
@@ -63,14 +70,39 @@ def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
     evals = write_jsonl(tmp / "corpus" / "eval.jsonl", eval_text)
     sources = [
         {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")], "on_error": "skip"},
-        {
+        {  # the quality rule per source: top fraction (in the dedup step) or a threshold
             "name": "books",
             "paths": [str(books_file), str(tmp / "corpus" / "books.parquet")],
             "weight": 0.5,
+            "filters": {"quality": {"top_fraction": None, "threshold": 0.5}},
         },
         {"name": "notes", "paths": [str(notes_file)], "text_mode": "paragraph", "weight": 0.3},
     ]
     return sources, evals
+
+
+def train_quality_model(tmp: Path) -> Path:
+    """A small classifier of English prose against spam."""
+    from llmtrain.data_pipeline.quality import train_classifier
+
+    positive = english_documents(150, seed=400)
+    negative = prose(SPAM, 150, seed=500)
+    raw = data_recipe(
+        tmp,
+        tmp,
+        [{"name": "web", "paths": [str(write_jsonl(tmp / "pos.jsonl", positive))]}],
+        filters={"quality": {"model": str(tmp / "classifier")}},
+        classifier={
+            "positive": [str(tmp / "pos.jsonl")],
+            "negative": [str(write_jsonl(tmp / "neg.jsonl", negative))],
+            "dim": 8,
+            "bucket": 5000,
+            "epoch": 25,
+            "lr": 0.5,
+        },
+    )
+    train_classifier(validate_recipe(raw))
+    return tmp / "classifier"
 
 
 def recipe_of(tmp: Path, tokenizer_dir: Path, out: str, **data) -> dict:
@@ -82,6 +114,10 @@ def recipe_of(tmp: Path, tokenizer_dir: Path, out: str, **data) -> dict:
         validation={"fraction": 0.05},
         shard_text_mb=0.05,
         decontamination={"eval_files": [str(evals)], "ngram": 13, "min_words": 8},
+        filters={
+            "language": {"enabled": True, "languages": ["en"]},
+            "quality": {"enabled": True, "model": str(tmp / "classifier"), "top_fraction": 0.9},
+        },
         **data,
     )
     raw["output_dir"] = str(tmp / out)
@@ -100,6 +136,7 @@ def build_files(out: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def local_build(tiny_tokenizer_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray-data")
+    train_quality_model(tmp)
     out = build_data(validate_recipe(recipe_of(tmp, tiny_tokenizer_dir, "local")))
     return tmp, out
 
@@ -129,6 +166,17 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     assert (web["near_duplicates"], books["near_duplicates"], notes["near_duplicates"]) == (3, 2, 1)
     assert sum(web["decontaminated"].values()) == 4
     assert web["read_errors_skipped"] == 1
+    # language ID and the quality classifier: the planted German, French and spam
+    assert web["dropped_detail"]["language.other_language"] == 4
+    assert web["languages"] == {"en": web["documents_read"] - 4, "de": 2, "fr": 2}
+    assert books["dropped_detail"]["language.other_language"] == 1
+    assert books["dropped_detail"]["quality.below_threshold"] == 2  # the spam
+    assert (
+        web["quality"]["top_fraction"] == 0.9
+        and web["quality"]["scored"] == web["documents_read"] - 4
+    )
+    kept_before = web["documents"] + web["quality"]["dropped"]
+    assert web["quality"]["dropped"] == kept_before - math.ceil(0.9 * kept_before)
     assert len(manifest["shards"]) > 4
     raw = recipe_of(tmp, tiny_tokenizer_dir, "ray", **ray_settings(cluster, partitions=3))
     with caplog.at_level("INFO", logger="llmtrain.data"):

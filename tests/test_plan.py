@@ -221,6 +221,7 @@ def test_fsdp2_memory_shards_states_like_zero3_and_marks_the_recipe():
     assert make_plan(muon).muon.startswith("optimizer   muon: refused under FSDP2")
     assert "| 0 (recipe) |" not in text  # the ZeRO table marks no row under FSDP2
 
+
 def rl_body(kind: str, **section) -> dict:
     return {
         "name": "p",
