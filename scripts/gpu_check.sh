@@ -34,8 +34,8 @@ fi
 
 # seconds each check may take (all together stay under 10 minutes)
 declare -A LIMIT=(
-    [flash_attention_document_masking]=50 [compile]=60 [liger]=45 [float8]=45
-    [deepspeed_zero2]=60 [fsdp2]=30 [fsdp2_sft]=30 [qlora_sft]=50 [vllm_grpo]=110 [mfu]=150
+    [flash_attention_document_masking]=50 [compile]=50 [liger]=45 [float8]=45
+    [deepspeed_zero2]=50 [fsdp2]=30 [fsdp2_sft]=30 [qlora_sft]=50 [vllm_grpo]=100 [mfu]=120
 )
 failed=0
 for check in $("$PYTHON" scripts/gpu_check.py list); do
