@@ -9,6 +9,7 @@ import builtins
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,10 +186,14 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     assert "Ray: 2 nodes, 2 CPUs, 3 dedup partitions" in caplog.text
     assert "[dedup near reduce: 3/3 tasks done" in caplog.text
     assert "[scan: 7/7 files done" in caplog.text
-    # 4 jsonl files of 4 or 5 parts, books.jsonl 4, books.parquet 4 (2 with no row group),
-    # notes.txt 2: each part a task
-    assert "[scan parts: 24/24 tasks done" in caplog.text
-    assert "scan part: " + str(tmp / "corpus" / "notes.txt") + " part 2/2: " in caplog.text
+    # each file of more than SCAN_PART_MB is scanned in parts, each part a task, each logged
+    logged = re.findall(r"scan part: (\S+) part (\d+)/(\d+): ", caplog.text)
+    parts = {path: int(total) for path, _, total in logged}
+    assert sorted((path, int(number)) for path, number, _ in logged) == sorted(
+        (path, number) for path, total in parts.items() for number in range(1, total + 1)
+    )
+    assert len(parts) == 7 and min(parts.values()) >= 2
+    assert f"[scan parts: {sum(parts.values())}/{sum(parts.values())} tasks done" in caplog.text
     # the executor is not part of the build's identity: the local build is complete for Ray
     raw["output_dir"] = str(local.parent)
     caplog.clear()

@@ -41,11 +41,11 @@ def test_each_transformer_block_is_a_unit_and_tied_weights_stay_in_the_root(
 
 class Payload:
     def __reduce__(self):
-        return (print, ("unpickled",))
+        return (eval, ("1",))
 
 
 def test_the_dcp_index_unpickler_builds_no_other_class():
-    with pytest.raises(pickle.UnpicklingError, match=r"names builtins\.print, which a DCP"):
+    with pytest.raises(pickle.UnpicklingError, match=r"names builtins\.eval, which a DCP"):
         DCPMetadataUnpickler(io.BytesIO(pickle.dumps(Payload()))).load()
     assert DCPMetadataUnpickler(io.BytesIO(pickle.dumps(torch.Size([2, 3])))).load() == (2, 3)
 

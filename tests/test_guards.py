@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -378,3 +379,13 @@ def test_a_shard_with_ids_past_the_vocabulary_is_named_before_training(
         "(0-511); the shard was written with another tokenizer or is damaged: rebuild the data "
         "with the model's tokenizer (`llmtrain data RECIPE --overwrite`)"
     )
+
+
+def test_best_of_n_evaluation_loads_the_reward_model_as_its_scorer(reward_model_dir):
+    from llmtrain.train.evaluate.generation import DecodingSection
+    from llmtrain.train.evaluate.runner import _scorer
+
+    section = DecodingSection(strategy="best_of_n", n=2, reward_model=str(reward_model_dir))
+    scores = _scorer(section)(["2+2=", "2+2="], ["4", "5 and more words"])
+    assert len(scores) == 2 and all(math.isfinite(s) for s in scores)
+    assert scores[0] != scores[1]

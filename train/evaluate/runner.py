@@ -234,9 +234,9 @@ def _scorer(decoding: DecodingSection):
         raise StageInputError(
             "decoding.strategy best_of_n needs decoding.reward_model (a reward model directory)"
         )
-    from llmtrain.train.evaluate.reward_scorer import reward_model_scorer
+    from llmtrain.train.align.rewards import RewardModelScore
 
-    return reward_model_scorer(Path(decoding.reward_model))
+    return RewardModelScore(Path(decoding.reward_model))
 
 
 def _seq_len(recipe: Recipe, section: EvalSection, model: Any) -> int:
