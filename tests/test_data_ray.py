@@ -421,3 +421,121 @@ def test_pairs_reported_by_several_reducers_are_merged_as_they_come(monkeypatch)
     index = {tuple(p): v for p, v in zip(pairs.tolist(), verdicts, strict=True)}
     assert [index[tuple(p)] for p in got_pairs.tolist()] == got_verdicts.tolist()
     assert len(got_pairs) > 0.99 * len(pairs)
+
+
+def slurm_stand_ins(bin_dir: Path, nodes: list[str], **more: str) -> dict[str, str]:
+    """A stand-in Slurm in bin_dir (scontrol lists `nodes`, srun runs its command here, every
+    node's address is 127.0.0.1) and the environment of a job on those nodes."""
+    fakes = {
+        "scontrol": '[[ "$*" == "show hostnames job-nodes" ]] && printf "%s\\n" ' + " ".join(nodes),
+        "srun": 'while [[ "$1" == -* ]]; do [[ "$1" == -w ]] && shift; shift; done; exec "$@"',
+        "hostname": '[[ "$1" == --ip-address ]] && echo 127.0.0.1',
+        **more,
+    }
+    bin_dir.mkdir()
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    keep = ("HOME", "LANG", "OMP_WAIT_POLICY")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    return env | {
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "SLURM_JOB_NODELIST": "job-nodes",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_CPUS_PER_TASK": "1",
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+
+
+SLURM_SCRIPT = REPO / "scripts" / "launch" / "slurm_data.sbatch"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_slurm_script_builds_on_the_ray_head_it_starts(local_build, tiny_tokenizer_dir):
+    """scripts/launch/slurm_data.sbatch on a one-node stand-in allocation, with the real `ray`:
+    it starts a Ray head with `ray start`, waits for it, builds the local build's bytes there,
+    and stops the head it started. (A second Ray node on this machine would need Ray's
+    multi-node mode, which moves every address off 127.0.0.1; the two-node command lines are
+    the next test's.)"""
+    import socket
+    import tempfile
+
+    tmp, local = local_build
+    recipe = tmp / "slurm.yaml"
+    recipe.write_text(json.dumps(recipe_of(tmp, tiny_tokenizer_dir, "slurm")), encoding="utf-8")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = slurm_stand_ins(tmp / "slurm-bin", ["node01"])
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # keep 127.0.0.1 (see tests/ray_support.py)
+        RAY_PORT=str(port),
+        RAY_TMPDIR=tempfile.mkdtemp(prefix="rs", dir="/tmp"),  # Ray's socket paths are short
+    )
+    result = subprocess.run(
+        ["bash", str(SLURM_SCRIPT), str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Ray head on node01 (127.0.0.1:{port}), 0 worker nodes, 1 CPUs each" in result.stdout
+    assert f"Ray at 127.0.0.1:{port}: 1 nodes up" in result.stdout
+    assert "Ray: 1 nodes, 1 CPUs" in result.stderr
+    assert build_files(tmp / "slurm" / "data") == build_files(local)
+    with socket.socket() as probe:  # the head's GCS is gone with the job
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_slurm_script_starts_a_head_and_a_worker_per_node_then_the_build(tmp_path):
+    """The same script on three stand-in nodes with stand-in `ray` and Python that print their
+    command lines: a head on the first node, a worker on each other one with its own address,
+    a wait for all three nodes, then the build against the head, in the job's own token auth."""
+    env = slurm_stand_ins(
+        tmp_path / "bin",
+        ["node01", "node02", "node03"],
+        # a node: says how it was started, then runs until the job ends it
+        ray='echo "ray $* auth=$RAY_AUTH_MODE token=${#RAY_AUTH_TOKEN}" | tee -a nodes; '
+        "exec sleep 60",
+        # ray_wait_nodes.py ADDRESS N returns once N nodes have started
+        python='echo "python $*"; [[ "$1" == *ray_wait_nodes.py ]] || exit 0; '
+        "for _ in $(seq 100); do (( $(cat nodes 2>/dev/null | wc -l) >= $3 )) && exit 0; "
+        "sleep 0.1; done; exit 1",
+    )
+    env["PYTHON"] = "python"
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(SLURM_SCRIPT), "web.yaml", "--overwrite"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30  # the nodes were stopped, not waited for
+    lines = sorted(result.stdout.splitlines()[1:])  # the nodes start in the background
+    wait = f"python {SLURM_SCRIPT.parent}/ray_wait_nodes.py 127.0.0.1:6379"
+    head = "--num-cpus=1 --temp-dir=/tmp/ray-4242 --block auth=token token=32"
+    assert result.stdout.splitlines()[0] == (
+        "Ray head on node01 (127.0.0.1:6379), 2 worker nodes, 1 CPUs each"
+    )
+    assert lines == sorted(
+        [
+            "python -m llmtrain data web.yaml --overwrite --executor ray --ray-address "
+            "127.0.0.1:6379",
+            f"{wait} 1",
+            f"{wait} 3",
+            "ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=1 "
+            "--include-dashboard=false --temp-dir=/tmp/ray-4242 --block auth=token token=32",
+            *[
+                "ray start --address=127.0.0.1:6379 --node-ip-address=127.0.0.1 " + head
+                for _ in range(2)
+            ],
+        ]
+    )
+    usage = subprocess.run(["bash", str(SLURM_SCRIPT)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: sbatch ")
