@@ -31,21 +31,25 @@ import numpy as np
 
 from llmtrain import __version__
 from llmtrain.atomic import atomic_path, atomic_write_json, atomic_write_text
-from llmtrain.errors import InputDataError, RunDirError
+from llmtrain.errors import InputDataError, RecipeError, RunDirError
 from llmtrain.locking import locked
 
 from .config import DataSection, DataSource, FiltersSection
-from .decontam import EvalNgrams, eval_files
+from .decontam import EvalNgrams, eval_files, file_sets
 from .dedup import CONTAMINATED, EXACT, KEPT, LOW_QUALITY, NEAR, apply_contamination
+from .eval_tasks import task_items
 from .executor import StepProgress, make_executor
 from .langid import detector_for
 from .manifest import FORMAT_VERSION, MANIFEST, render_report
 from .mixture import plan_mixture, shard_ranges, source_key, validation_documents
+from .pii import KINDS as PII_KINDS
+from .pii import pii_replacer
 from .quality import check_model_directory, distribution, model_directory, top_fraction_drops
-from .readers import expand_paths
+from .readers import expand_paths, file_format
 from .scan import ScanJob, ScanOutput, make_context
 from .shards import dtype_name
 from .tokenize import ShardTask, TokenizerInfo, load_tokenizer
+from .urls import BLOCKED, CHECKED, MISSING, NOT_ALLOWED
 
 log = logging.getLogger("llmtrain.data")
 
@@ -211,12 +215,37 @@ class DataBuild:
             source.name: expand_paths(source.paths, key=f"data.sources[{index}].paths")
             for index, source in enumerate(section.sources)
         }
+        self._check_url_fields()
         decontamination = section.decontamination
         self.eval_files = eval_files(decontamination) if decontamination.eval_files else []
+        self.eval_tasks = task_items(decontamination.tasks, decontamination.include_path)
+        self.eval_names = [str(f) for f in self.eval_files] + [n for n, _ in self.eval_tasks]
         self.eval_fingerprint = fingerprint(
-            decontamination.model_dump(mode="json"), [file_stamp(f) for f in self.eval_files]
+            decontamination.model_dump(mode="json"),
+            [file_stamp(f) for f in self.eval_files],
+            hashlib.sha256(json.dumps(self.eval_tasks).encode("utf-8")).hexdigest(),
         )
         self.filters = {s.name: self._filters_of(s) for s in section.sources}
+
+    def _check_url_fields(self) -> None:
+        """url_field only on record sources; url_filter lists only with a url_field source."""
+        sources = self.section.sources
+        for index, source in enumerate(sources):
+            if source.url_field is None:
+                continue
+            text_files = [p for p in self.files[source.name] if file_format(p) == "text"]
+            if text_files:
+                raise RecipeError(
+                    f"data.sources[{index}].url_field: {text_files[0]} is plain text, which has "
+                    f"no fields; remove url_field from source {source.name!r}, or give it "
+                    "jsonl, parquet or datasets files whose records hold the URL"
+                )
+        lists = self.section.url_filter
+        if (lists.block_lists or lists.allow_lists) and all(s.url_field is None for s in sources):
+            raise RecipeError(
+                "data.url_filter: no source sets url_field, so the lists would filter nothing; "
+                "set data.sources[N].url_field to the record field that holds the URL"
+            )
 
     def _filters_of(self, source: DataSource) -> FiltersSection:
         """The source's filters, with the quality model's default directory filled in; the
@@ -230,6 +259,14 @@ class DataBuild:
         check_model_directory(directory)
         quality = filters.quality.model_copy(update={"model": directory})
         return filters.model_copy(update={"quality": quality})
+
+    def _url_filter_settings(self, source: DataSource) -> list:
+        """What the URL filter of a source depends on: the settings and the lists' stamps."""
+        if source.url_field is None:
+            return []
+        lists = self.section.url_filter
+        stamps = [file_stamp(Path(p)) for p in [*lists.block_lists, *lists.allow_lists]]
+        return [lists.model_dump(mode="json"), stamps]
 
     def _model_stamps(self, filters: FiltersSection) -> list:
         """What identifies the model files the filters read (their path, size and time)."""
@@ -321,6 +358,8 @@ class DataBuild:
             "scan",
             source.model_dump(mode="json", exclude={"weight", "max_epochs", "paths"}),
             self.section.clean_of(source).model_dump(mode="json"),
+            self.section.pii_of(source).model_dump(mode="json"),
+            self._url_filter_settings(source),
             # top_fraction is applied in the dedup step
             self.filters[source.name].model_dump(
                 mode="json", exclude={"quality": {"top_fraction"}}
@@ -353,18 +392,21 @@ class DataBuild:
 
     def _scan_files(self, todo: list, results: dict[str, list]) -> None:
         eval_ngrams = None
-        if self.eval_files:
+        if self.eval_names:
             d = self.section.decontamination
             eval_ngrams = EvalNgrams(
-                self.eval_files, ngram=d.ngram, min_words=d.min_words, fields=d.fields
+                file_sets(self.eval_files, d.fields) + self.eval_tasks,
+                ngram=d.ngram,
+                min_words=d.min_words,
             )
             log.info(
-                "decontamination: %d eval items, %d n-grams from %d files",
+                "decontamination: %d eval items, %d n-grams from %d files and %d tasks",
                 sum(eval_ngrams.items),
                 eval_ngrams.size,
                 len(self.eval_files),
+                len(self.eval_tasks),
             )
-            for path, items in zip(self.eval_files, eval_ngrams.items, strict=True):
+            for path, items in zip(self.eval_names, eval_ngrams.items, strict=True):
                 if not items:
                     log.warning(
                         "decontamination: %s has no item of at least %d words; it can "
@@ -430,7 +472,12 @@ class DataBuild:
         )
         counts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
         check_text = ", ".join(f"{k.split('.', 1)[1]}: {v}" for k, v in checks)
-        if top == "empty" and checks[0][0] == "empty.no_text":
+        if top == "url":
+            fix = (
+                f"check the URLs in data.sources[{index}].url_field ({source.url_field!r}) and "
+                "the lists of data.url_filter (or set its missing_url: keep)"
+            )
+        elif top == "empty" and checks[0][0] == "empty.no_text":
             fix = f"most records have an empty {source.text_field!r}: check the text_field"
         elif top == "empty":
             fix = (
@@ -499,7 +546,7 @@ class DataBuild:
             entry["near_duplicates"] += int((part == NEAR).sum())
             entry["kept"] += int((part == KEPT).sum())
             for eval_index in owner[part == CONTAMINATED]:
-                key = str(self.eval_files[int(eval_index)])
+                key = self.eval_names[int(eval_index)]
                 entry["decontaminated"][key] = entry["decontaminated"].get(key, 0) + 1
         path = self.out / "work" / "dedup" / "status.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -722,6 +769,7 @@ class DataBuild:
                     "near_duplicates": dedup_entry["near_duplicates"],
                     "decontaminated": dedup_entry["decontaminated"],
                     **self._model_filter_stats(source, records, dedup_entry),
+                    **self._text_step_stats(source, records),
                     "documents": dedup_entry["kept"],
                     "text_bytes": sum(r["kept_bytes"] for r in records),
                     "train": split_stats["train"],
@@ -752,6 +800,7 @@ class DataBuild:
             "decontamination": {
                 "settings": section.decontamination.model_dump(mode="json"),
                 "eval_files": [str(p) for p in self.eval_files],
+                "tasks": {name: len(items) for name, items in self.eval_tasks},
             },
             "shards": all_shards,
         }
@@ -781,6 +830,33 @@ class DataBuild:
                 "top_fraction": quality.top_fraction,
                 "dropped": dropped + entry["quality_top_fraction_dropped"],
                 **distribution(histogram.tolist()),
+            }
+        return out
+
+    def _text_step_stats(self, source: DataSource, records: list[dict]) -> dict:
+        """The manifest's `pii` (replacements per kind, and documents changed) and
+        `url_filter` (documents checked, missing a URL, dropped per block list, not allowed)."""
+        out: dict[str, Any] = {}
+
+        def total(key: str) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for r in records:
+                for name, value in r[key].items():
+                    counts[name] = counts.get(name, 0) + value
+            return counts
+
+        if pii_replacer(self.section.pii_of(source)) is not None:
+            found = total("pii")
+            out["pii"] = {k: found.get(k, 0) for k in (*PII_KINDS, "documents")}
+        lists = self.section.url_filter
+        if source.url_field is not None and (lists.block_lists or lists.allow_lists):
+            found = total("url_filter")
+            out["url_filter"] = {
+                "checked": found.get(CHECKED, 0),
+                "missing_url": found.get(MISSING, 0),
+                "missing_url_kept": lists.missing_url == "keep",
+                "blocked": {str(p): found.get(BLOCKED + str(p), 0) for p in lists.block_lists},
+                "not_allowed": found.get(NOT_ALLOWED, 0),
             }
         return out
 

@@ -176,6 +176,46 @@ class FiltersSection(Section):
     quality: QualityFilter = QualityFilter()
 
 
+class PiiSection(Section):
+    """PII replacement (`data_pipeline/pii.py`), applied to every document after cleaning and
+    before the filters, so that the filters, dedup, decontamination and the shards all see the
+    text that is trained on. Each kind is counted per source."""
+
+    enabled: bool = False
+    email: bool = True
+    """Replace e-mail addresses (datatrove's pattern)."""
+    ip: bool = True
+    """Replace IPv4 addresses (four dotted numbers 0-255) and IPv6 addresses (hex groups with
+    colons, at least three groups or `::`)."""
+    phone: bool = True
+    """Replace phone numbers written with a `+` country code (`+44 20 7946 0958`) or North
+    American numbers with separators (`(555) 123-4567`, `555-123-4567`, `1-800-555-0199`);
+    other national formats look too much like other numbers to be told apart."""
+    public_ips_only: bool = True
+    """Replace only public IP addresses, as datatrove does: private (192.168.x.x, 10.x.x.x),
+    loopback, link-local, documentation and other reserved addresses name no one and are
+    kept."""
+    email_placeholder: str = "<EMAIL>"
+    ip_placeholder: str = "<IP>"
+    phone_placeholder: str = "<PHONE>"
+
+
+class UrlFilterSection(Section):
+    """Domain block and allow lists (`data_pipeline/urls.py`) for the sources that set
+    `url_field`. A list file holds one domain a line (`#` starts a comment); a domain matches
+    itself and its subdomains."""
+
+    block_lists: list[InputPath] = []
+    """Documents whose URL's domain is on one of these lists are dropped (counted under the
+    first list, in order, that holds it)."""
+    allow_lists: list[InputPath] = []
+    """When given, documents whose domain is on none of these lists are dropped (a block list
+    wins over an allow list)."""
+    missing_url: Literal["drop", "keep"] = "drop"
+    """A record of a url_field source without a URL (no field, null or empty): dropped (the
+    lists cannot vouch for it) or kept; counted either way."""
+
+
 class DataSource(Section):
     """One corpus of the mixture."""
 
@@ -200,13 +240,18 @@ class DataSource(Section):
     """Bytes that are not UTF-8: an error, or replaced with U+FFFD."""
     max_epochs: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Most passes over this source that target_tokens may need; default: data.max_epochs."""
+    url_field: str | None = None
+    """Field of jsonl, parquet and datasets records holding the document's URL; with it,
+    data.url_filter applies to this source."""
     clean: CleanSection | None = None
     """Overrides of data.clean for this source (only the keys given)."""
+    pii: PiiSection | None = None
+    """Overrides of data.pii for this source (only the keys given)."""
     filters: FiltersSection | None = None
     """Overrides of data.filters for this source (only the keys given), e.g.
     `{gopher_quality: {enabled: false}}` for code."""
 
-    @field_serializer("clean", "filters")
+    @field_serializer("clean", "pii", "filters")
     def _only_overrides(self, value: Section | None) -> dict | None:
         # shown and saved as written: the keys not given come from the section-wide settings
         return None if value is None else value.model_dump(mode="json", exclude_unset=True)
@@ -267,6 +312,14 @@ class DecontaminationSection(Section):
     eval_files: list[InputGlob] = []
     """Evaluation files (jsonl, parquet, text, datasets directories) whose text must not be
     trained on."""
+    tasks: list[str] = []
+    """lm-evaluation-harness task (or group) names whose documents must not be trained on:
+    each document's prompt (doc_to_text), answer (doc_to_target) and choices are its text.
+    The task's dataset must be loadable offline (in the Hugging Face cache, or local files).
+    Needs lm-eval (`pip install lm-eval`)."""
+    include_path: InputPath | None = None
+    """A directory of lm-eval task yaml files (custom tasks); names found there are loaded
+    without indexing lm-eval's own tasks."""
     fields: list[str] | None = None
     """Record fields that hold eval text; null: every string in the record (chat `role`
     values excepted)."""
@@ -370,6 +423,8 @@ class DataSection(Section):
     keep_intermediate: bool = False
     """Keep the cleaned text, hashes and signatures under work/ after the build."""
     clean: CleanSection = CleanSection()
+    pii: PiiSection = PiiSection()
+    url_filter: UrlFilterSection = UrlFilterSection()
     filters: FiltersSection = FiltersSection()
     dedup: DedupSection = DedupSection()
     decontamination: DecontaminationSection = DecontaminationSection()
@@ -399,6 +454,9 @@ class DataSection(Section):
 
     def clean_of(self, source: DataSource) -> CleanSection:
         return overlay(self.clean, source.clean)
+
+    def pii_of(self, source: DataSource) -> PiiSection:
+        return overlay(self.pii, source.pii)
 
     def filters_of(self, source: DataSource) -> FiltersSection:
         return overlay(self.filters, source.filters)

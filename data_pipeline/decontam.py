@@ -1,15 +1,16 @@
 """Decontamination: training documents that share a word n-gram with an evaluation set.
 
-The eval files' text is cut into n-grams of `ngram` words (`hashing` words: lowercased,
-punctuation ignored); an eval item shorter than that but at least `min_words` long is one
-n-gram of its own length. A training document is contaminated when any of its n-grams (of
-`ngram` words, or of a short item's length) is among them; it is attributed to the first
-eval file, in the order given, that holds the matching n-gram.
+The eval sets are the eval files (`eval_files`), then the lm-eval tasks (`tasks`, see
+`eval_tasks`), each named by its path or task name. Their items' text is cut into n-grams of
+`ngram` words (`hashing` words: lowercased, punctuation ignored); an eval item shorter than
+that but at least `min_words` long is one n-gram of its own length. A training document is
+contaminated when any of its n-grams (of `ngram` words, or of a short item's length) is among
+them; it is attributed to the first eval set, in that order, that holds the matching n-gram.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +61,24 @@ def eval_items(path: Path, fields: list[str] | None) -> Iterator[str]:
         )
 
 
-class EvalNgrams:
-    """The n-grams of a set of eval files, and the test of a batch of training documents."""
+def file_sets(files: list[Path], fields: list[str] | None) -> list[tuple[str, Iterator[str]]]:
+    """(path, items) of each eval file, read when the n-grams are made."""
+    return [(str(path), eval_items(path, fields)) for path in files]
 
-    def __init__(
-        self,
-        files: list[Path],
-        *,
-        ngram: int,
-        min_words: int,
-        fields: list[str] | None = None,
-    ):
-        self.files = [str(f) for f in files]
+
+class EvalNgrams:
+    """The n-grams of the eval sets, and the test of a batch of training documents."""
+
+    def __init__(self, sets: list[tuple[str, Iterable[str]]], *, ngram: int, min_words: int):
+        """`sets`: (name, items) of each eval set, in attribution order."""
+        self.names = [name for name, _ in sets]
         self.ngram = ngram
         hashes: list[np.ndarray] = []
         owners: list[np.ndarray] = []
         short_lengths: set[int] = set()
-        self.items = [0] * len(files)
-        for index, path in enumerate(files):
-            for text in eval_items(path, fields):
+        self.items = [0] * len(sets)
+        for index, (_, items) in enumerate(sets):
+            for text in items:
                 words = Words([text]).hashes
                 if words.size >= ngram:
                     grams = ngram_hashes(words, ngram, short=False)
@@ -98,23 +98,12 @@ class EvalNgrams:
         self._owners = all_owners[order]
         self.lengths = sorted({ngram, *short_lengths})
 
-    @classmethod
-    def from_settings(cls, settings: DecontaminationSection) -> EvalNgrams | None:
-        if not settings.eval_files:
-            return None
-        return cls(
-            eval_files(settings),
-            ngram=settings.ngram,
-            min_words=settings.min_words,
-            fields=settings.fields,
-        )
-
     @property
     def size(self) -> int:
         return int(self._hashes.size)
 
     def match(self, words: Words) -> np.ndarray:
-        """Per document: the index of the eval file it overlaps (first in order), or -1."""
+        """Per document: the index of the eval set it overlaps (first in order), or -1."""
         result = np.full(len(words), np.iinfo(np.int16).max, dtype=np.int16)
         if self._hashes.size == 0:
             return np.full(len(words), NONE, dtype=np.int16)

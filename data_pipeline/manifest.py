@@ -159,8 +159,9 @@ def render_report(manifest: dict[str, Any]) -> str:
         (s["name"], path, count) for s in sources for path, count in s["decontaminated"].items()
     ]
     if contaminated:
-        lines += ["", "Documents dropped for overlapping an eval file:", ""]
+        lines += ["", "Documents dropped for overlapping an eval file or lm-eval task:", ""]
         lines += [f"- {name}: `{path}` {count:,}" for name, path, count in contaminated]
+    lines += _text_step_report(sources)
     lines += _model_filter_report(sources)
     near = manifest["dedup"].get("near")
     if near:
@@ -177,6 +178,43 @@ def render_report(manifest: dict[str, Any]) -> str:
         ]
         lines += [f"| {k} | {v:,} |" for k, v in near["size_histogram"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _text_step_report(sources: list[dict[str, Any]]) -> list[str]:
+    """PII replacements and the URL lists' counts, per source."""
+    lines: list[str] = []
+    pii = [s for s in sources if "pii" in s]
+    if pii:
+        lines += [
+            "",
+            "## PII",
+            "",
+            "| source | e-mail addresses | IP addresses | phone numbers | documents changed |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for s in pii:
+            p = s["pii"]
+            lines.append(
+                f"| {s['name']} | {p['email']:,} | {p['ip']:,} | {p['phone']:,} | "
+                f"{p['documents']:,} |"
+            )
+    urls = [s for s in sources if "url_filter" in s]
+    if urls:
+        lines += [
+            "",
+            "## URL lists",
+            "",
+            "| source | checked | without a URL | not on an allow list | blocked (per list) |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for s in urls:
+            u = s["url_filter"]
+            missing = f"{u['missing_url']:,} ({'kept' if u['missing_url_kept'] else 'dropped'})"
+            blocked = ", ".join(f"`{k}` {v:,}" for k, v in u["blocked"].items()) or "-"
+            lines.append(
+                f"| {s['name']} | {u['checked']:,} | {missing} | {u['not_allowed']:,} | {blocked} |"
+            )
+    return lines
 
 
 def _model_filter_report(sources: list[dict[str, Any]]) -> list[str]:

@@ -420,12 +420,43 @@ def iter_texts(
     `datasets` DatasetDict directory. `part` (start, stop byte offsets; see the module doc and
     `splittable`): only the documents of that part, with the file's line numbers in messages.
     """
+    for text, _ in iter_texts_and_urls(
+        path,
+        text_field=text_field,
+        text_mode=text_mode,
+        on_error=on_error,
+        encoding_errors=encoding_errors,
+        stats=stats,
+        split=split,
+        part=part,
+    ):
+        yield text
+
+
+def iter_texts_and_urls(
+    path: str | Path,
+    *,
+    url_field: str | None = None,
+    text_field: str = "text",
+    text_mode: TextMode = "file",
+    on_error: OnError = "raise",
+    encoding_errors: EncodingErrors = "strict",
+    stats: ReadStats | None = None,
+    split: str = "train",
+    part: tuple[int, int] | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """(text, url) of each document of `iter_texts`: the url is the record's `url_field`
+    value (None when the record lacks it, or without `url_field`). Plain text has no fields:
+    a `url_field` for a plain-text file is a ValueError (the build checks it first)."""
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
     if part is not None and not splittable(path, text_mode):
         raise ValueError(f"{path} cannot be read in parts ({text_mode=})")
     if file_format(path) == "text":
-        yield from _iter_plain_text(path, text_mode, encoding_errors, stats, part)
+        if url_field is not None:
+            raise ValueError(f"{path} is plain text: it has no field {url_field!r}")
+        for text in _iter_plain_text(path, text_mode, encoding_errors, stats, part):
+            yield text, None
         return
     records, numbers = _records(path, on_error, encoding_errors, stats, split, part)
     for index, record in records:
@@ -450,7 +481,7 @@ def iter_texts(
                 f"{reason}; {fix}, or set on_error: skip to skip and count such records"
             )
         if text:
-            yield text
+            yield text, None if url_field is None else record.get(url_field)
         else:
             stats.empty += 1
 

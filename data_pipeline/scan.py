@@ -44,8 +44,10 @@ from .filters import content_failure, length_failure
 from .hashing import Words, exact_hash
 from .langid import detector_for, language_failure
 from .minhash import MinHasher
+from .pii import PiiReplacer, pii_replacer
 from .quality import HISTOGRAM_BINS, histogram, quality_model
-from .readers import EXAMPLES, ReadStats, iter_texts, splittable
+from .readers import EXAMPLES, ReadStats, iter_texts_and_urls, splittable
+from .urls import CHECKED, UrlFilter, url_filter
 
 CHUNK_DOCUMENTS = 1000
 CHUNK_BYTES = 2 << 20
@@ -57,6 +59,8 @@ class SourceRules:
 
     clean: CleanSection
     filters: FiltersSection
+    pii: PiiReplacer | None = None
+    urls: UrlFilter | None = None  # for a source with url_field and data.url_filter lists
 
 
 @dataclass
@@ -79,6 +83,8 @@ class ChunkResult:
     read: int
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_detail: dict[str, int] = field(default_factory=dict)
+    pii: dict[str, int] = field(default_factory=dict)  # kind (and "documents"): replaced
+    url_filter: dict[str, int] = field(default_factory=dict)  # urls.UrlFilter's count keys
 
 
 @dataclass
@@ -142,8 +148,17 @@ def make_context(
     """`filters`: per source, when not `section.filters_of` (the build resolves paths)."""
     near = section.dedup.near
     filters = filters or {s.name: section.filters_of(s) for s in section.sources}
+    urls = url_filter(section.url_filter)
     return ScanContext(
-        rules={s.name: SourceRules(section.clean_of(s), filters[s.name]) for s in section.sources},
+        rules={
+            s.name: SourceRules(
+                section.clean_of(s),
+                filters[s.name],
+                pii_replacer(section.pii_of(s)),
+                urls if s.url_field is not None else None,
+            )
+            for s in section.sources
+        },
         minhasher=MinHasher(bands=near.bands, rows=near.rows, ngram=near.ngram, seed=near.seed),
         eval_ngrams=eval_ngrams,
     )
@@ -157,8 +172,9 @@ def init_worker(context: ScanContext) -> None:
     _CONTEXT = context
 
 
-def process_chunk(source: str, texts: list[str]) -> ChunkResult:
-    """Clean, filter and hash one chunk of a source's documents (runs in a worker)."""
+def process_chunk(source: str, texts: list[str], urls: list | None = None) -> ChunkResult:
+    """URL-filter, clean, replace PII, filter and hash one chunk of a source's documents
+    (runs in a worker); `urls`: the documents' URLs, for a source with url_field."""
     assert _CONTEXT is not None, "init_worker was not called"
     rules = _CONTEXT.rules[source]
     dropped: collections.Counter[str] = collections.Counter()
@@ -168,9 +184,18 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
         dropped[failure[0]] += count
         detail[".".join(failure)] += count
 
+    read = len(texts)
+    url_counts: collections.Counter[str] = collections.Counter()
+    if rules.urls is not None and urls is not None:
+        texts = url_filtered(texts, urls, rules.urls, url_counts, drop)
+    pii: collections.Counter[str] = collections.Counter()
     candidates = []  # cleaned documents that pass the length filter (before hashing them)
     for text in texts:
         text = clean_text(text, rules.clean)
+        if rules.pii is not None:
+            replaced = rules.pii.replace(text, pii)
+            pii["documents"] += replaced != text
+            text = replaced
         failure = ("empty", "after_cleaning") if not text.strip() else None
         failure = failure or length_failure(text, rules.filters)
         if failure:
@@ -208,22 +233,44 @@ def process_chunk(source: str, texts: list[str]) -> ChunkResult:
         signatures=signatures,
         shingled=shingled,
         contamination=contamination,
-        read=len(texts),
+        read=read,
         dropped=dict(dropped),
         dropped_detail=dict(detail),
         scores=scores,
+        pii=dict(pii),
+        url_filter=dict(url_counts),
     )
+
+
+def url_filtered(
+    texts: list[str], urls: list, urls_filter: UrlFilter, counts: collections.Counter, drop: Drop
+) -> list[str]:
+    """The texts whose URL the lists keep; `counts`: documents checked and each verdict."""
+    kept = []
+    counts[CHECKED] += len(texts)
+    for text, url in zip(texts, urls, strict=True):
+        keep, key = urls_filter.verdict(url)
+        if key is not None:
+            counts[key] += 1
+        if keep:
+            kept.append(text)
+        else:
+            drop(("url", key.split(":", 1)[0]))
+    return kept
 
 
 def read_chunks(
     path: Path, source: DataSource, stats: ReadStats, part: tuple[int, int] | None = None
-) -> Iterator[list[str]]:
+) -> Iterator[tuple[list[str], list | None]]:
     """The documents of one file (or of a part of it), in chunks of at most CHUNK_DOCUMENTS
-    or ~CHUNK_BYTES."""
+    or ~CHUNK_BYTES, with their URLs for a source with url_field (else None)."""
     chunk: list[str] = []
+    urls: list = []
     size = 0
-    for text in iter_texts(
+    with_urls = source.url_field is not None
+    for text, url in iter_texts_and_urls(
         path,
+        url_field=source.url_field,
         text_field=source.text_field,
         text_mode=source.text_mode,
         on_error=source.on_error,
@@ -233,12 +280,13 @@ def read_chunks(
         part=part,
     ):
         chunk.append(text)
+        urls.append(url)
         size += len(text)
         if len(chunk) >= CHUNK_DOCUMENTS or size >= CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
+            yield chunk, urls if with_urls else None
+            chunk, urls, size = [], [], 0
     if chunk:
-        yield chunk
+        yield chunk, urls if with_urls else None
 
 
 _COLUMNS = {  # name: (dtype, values per document)
@@ -272,6 +320,8 @@ class ScanWriter:
         self.dropped_detail: collections.Counter[str] = collections.Counter()
         self.languages: collections.Counter[str] = collections.Counter()
         self.quality_histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+        self.pii: collections.Counter[str] = collections.Counter()
+        self.url_filter: collections.Counter[str] = collections.Counter()
 
     def add(self, result: ChunkResult) -> None:
         sizes = np.fromiter((len(t) for t in result.texts), np.int64, len(result.texts))
@@ -290,6 +340,8 @@ class ScanWriter:
         self.read += result.read
         self.dropped.update(result.dropped)
         self.dropped_detail.update(result.dropped_detail)
+        self.pii.update(result.pii)
+        self.url_filter.update(result.url_filter)
 
     @property
     def kept_bytes(self) -> int:
@@ -445,7 +497,10 @@ def scan_file(
             if on_chunk is not None:
                 on_chunk(result.read)
 
-        chunks = ((job.source.name, c) for c in read_chunks(job.path, job.source, stats, span))
+        chunks = (
+            (job.source.name, texts, urls)
+            for texts, urls in read_chunks(job.path, job.source, stats, span)
+        )
         run_chunks(chunks, consume, pool, in_flight)
         writer.finish()
     if stats.empty:  # records with an empty text: read, and dropped as empty
@@ -464,6 +519,8 @@ def scan_file(
         "kept_bytes": writer.kept_bytes,
         "languages": dict(sorted(writer.languages.items())),
         "quality_histogram": writer.quality_histogram.tolist(),
+        "pii": dict(sorted(writer.pii.items())),
+        "url_filter": dict(sorted(writer.url_filter.items())),
     }
 
 
@@ -503,7 +560,7 @@ def join_parts(job: ScanJob, records: list[dict]) -> dict:
     record["read_error_examples"] = [e for r in records for e in r["read_error_examples"]][
         :EXAMPLES
     ]
-    for key in ("dropped", "dropped_detail", "languages"):
+    for key in ("dropped", "dropped_detail", "languages", "pii", "url_filter"):
         total: collections.Counter[str] = collections.Counter()
         for r in records:
             total.update(r[key])
@@ -515,7 +572,7 @@ def join_parts(job: ScanJob, records: list[dict]) -> dict:
 
 
 def run_chunks(
-    chunks: Iterator[tuple[str, list[str]]],
+    chunks: Iterator[tuple[str, list[str], list | None]],
     consume: Callable[[ChunkResult], None],
     pool: Any | None,
     in_flight: int,
@@ -523,12 +580,12 @@ def run_chunks(
     """process_chunk over `chunks` (in a pool when given), results consumed in order, with at
     most `in_flight` chunks submitted and not yet consumed."""
     if pool is None:
-        for source, texts in chunks:
-            consume(process_chunk(source, texts))
+        for chunk in chunks:
+            consume(process_chunk(*chunk))
         return
     pending: collections.deque = collections.deque()
-    for source, texts in chunks:
-        pending.append(pool.apply_async(process_chunk, (source, texts)))
+    for chunk in chunks:
+        pending.append(pool.apply_async(process_chunk, chunk))
         while len(pending) >= in_flight:
             consume(pending.popleft().get())
     while pending:

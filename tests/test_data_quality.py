@@ -384,3 +384,217 @@ def test_train_classifier_names_files_that_match_nothing(tmp_path):
     assert str(error.value) == (
         f"data.classifier.positive: {tmp_path / 'good-*.jsonl'} matches no file"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# PII, URL lists, lm-eval tasks as decontamination sources
+
+PLANTED_PII = {
+    "email": ["john.doe@example.com", "x+tag@mail.co.uk", "admin@[192.168.0.1]"],
+    "ip": ["8.8.8.8", "1.2.3.4", "2a00:1450:4007:80e::200e"],
+    "phone": [
+        "+44 20 7946 0958",
+        "(555) 123-4567",
+        "555-123-4567",
+        "1-800-555-0199",
+        "+14155552671",
+    ],
+}
+LOOK_ALIKES = [
+    "Python 3.11.4",  # versions: three parts, a v prefix, five parts
+    "release v1.2.3.4",
+    "build 1.2.3.4.5",
+    "os.path.join and a.b.c.d",
+    "on 2023-01-15, 15.01.2023 or 01/15/2023",  # dates
+    "ISBN 978-3-16-148410-0 and 0-306-40615-2 and 9783161484100",
+    "pi is 3.14159265, +3.14159265 and -12.5e-3 and 1234567.89",
+    "private 192.168.1.10, loopback 127.0.0.1 and ::1, docs 2001:db8::1",
+    "C++ std::vector and a::b at 12:30:45, MAC 00:1a:2b:3c:4d:5e",
+    "port 256.1.1.1 and 01.02.03.04, pages 100-200, code 123456789012",
+]
+
+
+def test_pii_replaces_planted_pii_and_keeps_look_alikes():
+    import collections
+
+    from llmtrain.data_pipeline.config import PiiSection
+    from llmtrain.data_pipeline.pii import pii_replacer
+
+    replacer = pii_replacer(PiiSection(enabled=True))
+    placeholders = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>"}
+    for kind, values in PLANTED_PII.items():
+        for value in values:
+            counts: collections.Counter[str] = collections.Counter()
+            text = f"Write to {value}, today."
+            assert replacer.replace(text, counts) == f"Write to {placeholders[kind]}, today."
+            assert counts == {kind: 1}, value
+    counts = collections.Counter()
+    for text in LOOK_ALIKES:
+        assert replacer.replace(text, counts) == text
+    assert counts == {}
+    # each kind can be turned off; private addresses too; placeholders are settings
+    settings = PiiSection(enabled=True, ip=False, email_placeholder="[mail]")
+    counts = collections.Counter()
+    text = "a@b.org at 8.8.8.8 or +44 20 7946 0958"
+    assert pii_replacer(settings).replace(text, counts) == "[mail] at 8.8.8.8 or <PHONE>"
+    everything = pii_replacer(PiiSection(enabled=True, public_ips_only=False))
+    assert everything.replace("lan 192.168.1.10 ::1", counts) == "lan <IP> ::1"
+    assert pii_replacer(PiiSection(enabled=True, email=False, ip=False, phone=False)) is None
+
+
+def test_url_lists_match_domains_and_their_subdomains(tmp_path):
+    from llmtrain.data_pipeline.config import UrlFilterSection
+    from llmtrain.data_pipeline.urls import UrlFilter, read_domains, url_domain
+
+    (tmp_path / "spam.txt").write_text("# spam\nSpam.example  # trailing comment\n\n*.ads.net\n")
+    (tmp_path / "more.txt").write_text("spam.example\nbad.org\n")
+    (tmp_path / "allow.txt").write_text("good.org\nspam.example\n")
+    assert read_domains(tmp_path / "spam.txt") == ["spam.example", "ads.net"]
+    assert url_domain("https://User@WWW.Good.org:8080/a?b") == "www.good.org"
+    assert url_domain("good.org/page") == "good.org" and url_domain("") is None
+    lists = UrlFilter(
+        UrlFilterSection(
+            block_lists=[tmp_path / "spam.txt", tmp_path / "more.txt"],
+            allow_lists=[tmp_path / "allow.txt"],
+        )
+    )
+    spam = f"blocked:{tmp_path / 'spam.txt'}"
+    assert lists.verdict("http://a.b.spam.example/x") == (False, spam)  # the first list
+    assert lists.verdict("http://bad.org") == (False, f"blocked:{tmp_path / 'more.txt'}")
+    assert lists.verdict("http://x.ads.net") == (False, spam)
+    assert lists.verdict("http://notspam.example") == (False, "not_allowed")
+    assert lists.verdict("https://docs.good.org/") == (True, None)
+    assert lists.verdict(None) == (False, "missing_url")
+    keep = UrlFilter(UrlFilterSection(block_lists=[tmp_path / "more.txt"], missing_url="keep"))
+    assert keep.verdict(42) == (True, "missing_url") and keep.verdict("x.org") == (True, None)
+
+
+def write_eval_task(directory: Path, name: str, rows: list[dict]) -> Path:
+    """A custom lm-eval task whose dataset is a local json file (loads offline)."""
+    data = write_jsonl(directory / f"{name}.jsonl", [])
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (directory / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: generate_until\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: exact_match\n",
+        encoding="utf-8",
+    )
+    return directory
+
+
+def eval_task_rows(seed: int) -> list[dict]:
+    """Questions and answers of a planted benchmark (answers long enough to match alone)."""
+    texts = english_documents(4, seed=seed, words=(20, 24))
+    return [{"question": t, "answer": a} for t, a in zip(texts[:2], texts[2:], strict=True)]
+
+
+def test_pii_url_lists_and_a_benchmark_task_in_a_local_build(tmp_path, tiny_tokenizer_dir):
+    rows = eval_task_rows(seed=70)
+    tasks = write_eval_task(tmp_path / "tasks", "planted_qa", rows)
+    docs = english_documents(9, seed=71)
+    docs[0] += " Mail john.doe@example.com or call +44 20 7946 0958 from 8.8.8.8."
+    docs[1] += " Python 3.11.4 runs os.path.join on 192.168.1.10."  # look-alikes only
+    docs[5] += " " + rows[1]["answer"]  # quotes the benchmark's answer
+    urls = ["https://www.good.org/a", "http://good.org/b", "https://ads.spam.example/c"]
+    urls += [None, "https://good.org/d", "https://good.org/e", "http://other.net/f"]
+    urls += ["https://good.org/g", "https://good.org/h"]
+    web = tmp_path / "web.jsonl"
+    web.write_text(
+        "".join(
+            json.dumps({"text": t, **({"url": u} if u else {})}) + "\n"
+            for t, u in zip(docs, urls, strict=True)
+        )
+    )
+    (tmp_path / "block.txt").write_text("spam.example\n")
+    (tmp_path / "allow.txt").write_text("# ours\ngood.org\n")
+    books = write_jsonl(tmp_path / "books.jsonl", english_documents(3, seed=72))
+    books.write_text(books.read_text() + json.dumps({"text": docs[0] + " again"}) + "\n")
+    raw = data_recipe(
+        tmp_path,
+        tiny_tokenizer_dir,
+        [
+            {"name": "web", "paths": [str(web)], "url_field": "url"},
+            {"name": "books", "paths": [str(books)], "pii": {"email": False}},
+        ],
+        pii={"enabled": True},
+        url_filter={
+            "block_lists": [str(tmp_path / "block.txt")],
+            "allow_lists": [str(tmp_path / "allow.txt")],
+        },
+        decontamination={"tasks": ["planted_qa"], "include_path": str(tasks)},
+        dedup={"near": {"enabled": False}},
+        validation={"fraction": 0},
+        keep_intermediate=True,
+    )
+    out = build_data(validate_recipe(raw))
+    manifest = json.loads((out / "manifest.json").read_text())
+    web_entry, books_entry = manifest["sources"]
+    assert web_entry["url_filter"] == {
+        "checked": 9,
+        "missing_url": 1,
+        "missing_url_kept": False,
+        "blocked": {str(tmp_path / "block.txt"): 1},
+        "not_allowed": 1,
+    }
+    assert web_entry["dropped_detail"] == {
+        "url.blocked": 1,
+        "url.missing_url": 1,
+        "url.not_allowed": 1,
+    }
+    assert web_entry["pii"] == {"email": 1, "ip": 1, "phone": 1, "documents": 1}
+    assert books_entry["pii"] == {"email": 0, "ip": 1, "phone": 1, "documents": 1}
+    assert web_entry["decontaminated"] == {"planted_qa": 1}
+    assert web_entry["documents"] == 5 and books_entry["documents"] == 4
+    assert manifest["decontamination"]["tasks"] == {"planted_qa": 2}
+    texts = ScanOutput(out / "work" / "scan" / "web" / "00000").texts(np.arange(6))
+    assert texts[0].endswith(" Mail <EMAIL> or call <PHONE> from <IP>.")
+    assert texts[1] == clean_text(docs[1], CleanSection())
+    book = ScanOutput(out / "work" / "scan" / "books" / "00000").texts(np.arange(4))[3]
+    assert book.endswith(" Mail john.doe@example.com or call <PHONE> from <IP>. again")
+    report = (out / "report.md").read_text()
+    assert "## PII" in report and "| web | 1 | 1 | 1 | 1 |" in report
+    assert "## URL lists" in report and "| web | 9 | 1 (dropped) | 1 |" in report
+    assert "- web: `planted_qa` 1" in report
+
+
+def test_bad_url_and_task_settings_name_the_key(tmp_path, tiny_tokenizer_dir):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(" ".join(english_documents(1, seed=1)))
+    web = write_jsonl(tmp_path / "web.jsonl", english_documents(2, seed=2))
+
+    def error_of(sources: list[dict], **data) -> str:
+        raw = data_recipe(tmp_path, tiny_tokenizer_dir, sources, **data)
+        raw["output_dir"] = str(tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}")
+        with pytest.raises(RecipeError) as error:
+            build_data(validate_recipe(raw))
+        return str(error.value)
+
+    assert error_of([{"name": "notes", "paths": [str(notes)], "url_field": "url"}]) == (
+        f"data.sources[0].url_field: {notes} is plain text, which has no fields; remove "
+        "url_field from source 'notes', or give it jsonl, parquet or datasets files whose "
+        "records hold the URL"
+    )
+    lists = {"block_lists": [str(tmp_path / "missing.txt")]}
+    assert error_of([{"name": "web", "paths": [str(web)], "url_field": "u"}], url_filter=lists) == (
+        f"data.url_filter.block_lists[0]: file not found: {tmp_path / 'missing.txt'}"
+    )
+    (tmp_path / "block.txt").write_text("x.org\n")
+    lists = {"block_lists": [str(tmp_path / "block.txt")]}
+    assert error_of([{"name": "web", "paths": [str(web)]}], url_filter=lists) == (
+        "data.url_filter: no source sets url_field, so the lists would filter nothing; set "
+        "data.sources[N].url_field to the record field that holds the URL"
+    )
+    tasks = write_eval_task(tmp_path / "tasks", "planted_qa", eval_task_rows(seed=3))
+    (tasks / "planted_qa.jsonl").unlink()  # its data is gone: it cannot load
+    source = [{"name": "web", "paths": [str(web)]}]
+    message = error_of(
+        source, decontamination={"tasks": ["planted_qa"], "include_path": str(tasks)}
+    )
+    assert message.startswith(
+        "data.decontamination.tasks: planted_qa needs the files of its dataset (json, "
+        "dataset_kwargs.data_files), which could not be loaded (FileNotFoundError: "
+    )
+    assert message.endswith(
+        "check the data_files of its yaml, or give the eval text as data.decontamination.eval_files"
+    )

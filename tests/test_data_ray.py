@@ -25,17 +25,26 @@ from tests.data_support import data_recipe, english_documents, write_jsonl
 from tests.ray_support import NODE, REPO
 from tests.ray_support import ray_cluster as _session_cluster
 from tests.test_data_build import near_copy
-from tests.test_data_quality import FRENCH, GERMAN, SPAM, prose
+from tests.test_data_quality import (
+    FRENCH,
+    GERMAN,
+    SPAM,
+    eval_task_rows,
+    prose,
+    write_eval_task,
+)
 
 ray_cluster = _session_cluster  # the session's two-node cluster (tests/ray_support.py)
 
 
 def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
-    """Three sources over several files of three formats, with planted exact and near copies
+    """Four sources over several files of three formats, with planted exact and near copies
     (within a source and across sources), documents that quote the eval file, a broken line
-    (skipped), documents in German and French (for the language filter) and spam (for the
-    quality classifier). The Ray builds scan the files in parts of 10 KB (SCAN_PART_MB), so
-    most files are several parts (jsonl: lines; parquet: row groups; text: paragraphs)."""
+    (skipped), documents in German and French (for the language filter), spam (for the
+    quality classifier), and pages with URLs (one blocked domain, one page without a URL),
+    PII and a quote of an lm-eval task's answer (tmp/tasks, write_eval_task). The Ray builds
+    scan the files in parts of 10 KB (SCAN_PART_MB), so most files are several parts (jsonl:
+    lines; parquet: row groups; text: paragraphs)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -69,6 +78,18 @@ def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
     notes_file = tmp / "corpus" / "notes.txt"
     notes_file.write_text("".join(n.replace(". ", ".\n", 2) + "\n\n" for n in notes))
     evals = write_jsonl(tmp / "corpus" / "eval.jsonl", eval_text)
+    rows = eval_task_rows(seed=98)
+    write_eval_task(tmp / "tasks", "planted_qa", rows)
+    pages = english_documents(24, seed=80)
+    pages[2] += " Write to jane@example.org or +44 20 7946 0958, server 8.8.8.8, Python 3.11.4."
+    pages[20] += " Call (555) 123-4567."
+    pages[9] += " " + rows[0]["answer"]
+    urls = [f"https://site{n % 5}.good.org/page/{n}" for n in range(len(pages))]
+    urls[5], urls[17], urls[11] = "http://spam.example/a", "https://ads.spam.example/b", ""
+    (tmp / "corpus" / "block.txt").write_text("# planted\nspam.example\n")
+    with open(tmp / "corpus" / "pages.jsonl", "w", encoding="utf-8") as f:
+        for text, url in zip(pages, urls, strict=True):
+            f.write(json.dumps({"text": text, "url": url}) + "\n")
     sources = [
         {"name": "web", "paths": [str(tmp / "corpus" / "web-*.jsonl")], "on_error": "skip"},
         {  # the quality rule per source: top fraction (in the dedup step) or a threshold
@@ -78,6 +99,7 @@ def write_corpus(tmp: Path) -> tuple[list[dict], Path]:
             "filters": {"quality": {"top_fraction": None, "threshold": 0.5}},
         },
         {"name": "notes", "paths": [str(notes_file)], "text_mode": "paragraph", "weight": 0.3},
+        {"name": "pages", "paths": [str(tmp / "corpus" / "pages.jsonl")], "url_field": "url"},
     ]
     return sources, evals
 
@@ -114,7 +136,15 @@ def recipe_of(tmp: Path, tokenizer_dir: Path, out: str, **data) -> dict:
         sources,
         validation={"fraction": 0.05},
         shard_text_mb=0.05,
-        decontamination={"eval_files": [str(evals)], "ngram": 13, "min_words": 8},
+        decontamination={
+            "eval_files": [str(evals)],
+            "tasks": ["planted_qa"],
+            "include_path": str(tmp / "tasks"),
+            "ngram": 13,
+            "min_words": 8,
+        },
+        pii={"enabled": True},
+        url_filter={"block_lists": [str(tmp / "corpus" / "block.txt")]},
         filters={
             "language": {"enabled": True, "languages": ["en"]},
             "quality": {"enabled": True, "model": str(tmp / "classifier"), "top_fraction": 0.9},
@@ -161,7 +191,7 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     cluster, _ = ray_cluster
     tmp, local = local_build
     manifest = json.loads((local / "manifest.json").read_text())
-    web, books, notes = manifest["sources"]
+    web, books, notes, pages = manifest["sources"]
     # the planted copies are found, so equal builds mean equal dedup
     assert (web["exact_duplicates"], books["exact_duplicates"]) == (3, 2)
     assert (web["near_duplicates"], books["near_duplicates"], notes["near_duplicates"]) == (3, 2, 1)
@@ -178,6 +208,14 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     )
     kept_before = web["documents"] + web["quality"]["dropped"]
     assert web["quality"]["dropped"] == kept_before - math.ceil(0.9 * kept_before)
+    # PII, the URL list and the lm-eval task
+    block_list = str(tmp / "corpus" / "block.txt")
+    assert pages["url_filter"]["blocked"] == {block_list: 2}
+    assert (pages["url_filter"]["missing_url"], pages["url_filter"]["checked"]) == (1, 24)
+    assert pages["dropped_detail"] == {"url.blocked": 2, "url.missing_url": 1}
+    assert pages["pii"] == {"email": 1, "ip": 1, "phone": 2, "documents": 2}
+    assert web["pii"] == {"email": 0, "ip": 0, "phone": 0, "documents": 0}
+    assert pages["decontaminated"] == {"planted_qa": 1}
     assert len(manifest["shards"]) > 4
     raw = recipe_of(tmp, tiny_tokenizer_dir, "ray", **ray_settings(cluster, partitions=3))
     with caplog.at_level("INFO", logger="llmtrain.data"):
@@ -185,14 +223,14 @@ def test_ray_build_is_the_local_build_byte_for_byte(
     assert build_files(out) == build_files(local)
     assert "Ray: 2 nodes, 2 CPUs, 3 dedup partitions" in caplog.text
     assert "[dedup near reduce: 3/3 tasks done" in caplog.text
-    assert "[scan: 7/7 files done" in caplog.text
+    assert "[scan: 8/8 files done" in caplog.text
     # each file of more than SCAN_PART_MB is scanned in parts, each part a task, each logged
     logged = re.findall(r"scan part: (\S+) part (\d+)/(\d+): ", caplog.text)
     parts = {path: int(total) for path, _, total in logged}
     assert sorted((path, int(number)) for path, number, _ in logged) == sorted(
         (path, number) for path, total in parts.items() for number in range(1, total + 1)
     )
-    assert len(parts) == 7 and min(parts.values()) >= 2
+    assert len(parts) == 8 and min(parts.values()) >= 2
     assert f"[scan parts: {sum(parts.values())}/{sum(parts.values())} tasks done" in caplog.text
     # the executor is not part of the build's identity: the local build is complete for Ray
     raw["output_dir"] = str(local.parent)
@@ -272,13 +310,13 @@ def test_killed_driver_resumes_without_redoing_finished_steps(
     os.killpg(process.pid, signal.SIGKILL)  # the driver only: Ray's processes are the cluster's
     process.wait()
     scanned_before = len(list(steps.glob("scan--*.json")))
-    assert scanned_before < 7 and not (steps.parent.parent / "manifest.json").exists()
+    assert scanned_before < 8 and not (steps.parent.parent / "manifest.json").exists()
 
     caplog.clear()
     with caplog.at_level("INFO", logger="llmtrain.data"):
         out = build_data(load_recipe(recipe, executor_overrides(cluster.address)))
     rescanned = [m for m in caplog.messages if m.startswith("scan ")]
-    assert len(rescanned) == 7 - scanned_before  # only the files not scanned before
+    assert len(rescanned) == 8 - scanned_before  # only the files not scanned before
     assert build_files(out) == build_files(local)
 
 
