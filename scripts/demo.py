@@ -11,14 +11,14 @@
    for a difference from SFT on the same problems: llmtrain.train.evaluate.stats), and the
    demo's checks, each stage against what it optimises. It fails when
    - SFT answers no more held-out problems (greedy) than the pretrained model;
+   - PPO does not raise accuracy when sampling at its training temperature (where SFT leaves
+     room) by at least 10 points over SFT with the paired interval above zero, or its training
+     reward (the exact answer) is not higher in the last quarter of the run than the first;
    - DPO does not raise held-out preference accuracy (the policy finds the right answer more
      likely than the near miss, on problems larger than SFT saw) over SFT's beyond chance;
    - the reward model ranks under 80% of the held-out pairs right.
-   Issue 16 also asks PPO and GRPO to raise accuracy when sampling at their training
-   temperature (where SFT leaves room) by 10 points over SFT beyond chance, their training
-   reward rising from the first quarter of the run to the last. The recipe does not reach that
-   yet (docs/benchmarks.md has every setting tried), so the demo prints those targets and
-   whether each is met, without failing on them.
+   GRPO is held to PPO's targets by issue 16 but reaches neither with any setting tried
+   (docs/benchmarks.md), so the demo prints its figures and targets without failing on them.
 
 recipes/tiny.yaml says why each setting is what it is; docs/benchmarks.md (The demo) has the
 runs that chose them and the figures and wall time of a whole run.
@@ -45,6 +45,9 @@ GREEDY, SAMPLED, PAIRS = "arithmetic", "arithmetic_sampled", "preference_pairs"
 RL_REWARD = "reward/answer_match"
 """The training reward of PPO and GRPO that must rise (metrics.jsonl)."""
 MIN_RL_GAIN = 0.10
+RL_CHECKED = ("ppo",)
+"""RL stages held to issue 16's targets; the others' are reported (GRPO does not reach them
+with any setting tried: docs/benchmarks.md)."""
 MIN_RM_PAIR_ACCURACY = 0.8
 
 
@@ -94,7 +97,8 @@ def quarters(values: list[float]) -> tuple[float, float]:
 
 def check() -> tuple[list[str], list[tuple[bool, str]]]:
     """Print the held-out figures; return what the demo promises and did not get, and the
-    targets of issue 16 for PPO and GRPO as (met, statement): reported, not failed."""
+    targets of issue 16 for the RL stages as (met, statement); those of RL_CHECKED that are not
+    met are among the former."""
     problems: list[str] = []
     targets: list[tuple[bool, str]] = []
     found = {
@@ -121,19 +125,20 @@ def check() -> tuple[list[str], list[tuple[bool, str]]]:
         if found[stage, SAMPLED] is None:
             continue
         gain = gain_over(found["sft", SAMPLED], found[stage, SAMPLED])
-        targets.append(
+        first, last = quarters(logged(stage, RL_REWARD))
+        for met, target in (
             (
                 gain.value >= MIN_RL_GAIN and gain.low > 0,
                 f"{stage} raises sampled accuracy by {MIN_RL_GAIN:.2f} beyond chance: {gain}",
-            )
-        )
-        first, last = quarters(logged(stage, RL_REWARD))
-        targets.append(
+            ),
             (
                 last > first,
                 f"{stage}'s {RL_REWARD} rises: first quarter {first:.3f}, last {last:.3f}",
-            )
-        )
+            ),
+        ):
+            targets.append((met, target))
+            if not met and stage in RL_CHECKED:
+                problems.append(f"not met: {target}")
     if found["dpo", PAIRS] is not None:
         gain = gain_over(found["sft", PAIRS], found["dpo", PAIRS])
         if gain.low <= 0:
@@ -154,7 +159,7 @@ def main() -> None:
     run([sys.executable, "-m", "llmtrain", "run", str(RECIPE)])
     print(f"\n{(OUTPUT / 'eval' / 'results.md').read_text()}")
     problems, targets = check()
-    print("\nissue 16's targets for PPO and GRPO (reported, not failed; docs/benchmarks.md):")
+    print(f"\nissue 16's targets for PPO and GRPO (failing the demo for {', '.join(RL_CHECKED)}):")
     for met, target in targets:
         print(f"  {'met' if met else 'NOT MET'}: {target}")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; report: "
