@@ -113,13 +113,18 @@ def sft_record(problem: Problem, worked: bool = False) -> dict:
     return {"messages": [user_message(problem), {"role": "assistant", "content": answer}]}
 
 
-def preference_record(problem: Problem, rng: random.Random, worked: bool = False) -> dict:
+def preference_record(
+    problem: Problem, rng: random.Random, worked: bool = False, slip: bool = False
+) -> dict:
     """The right answer over a wrong one; worked: the worked solution over a wrong guess with
-    no steps. (A rejected answer that differs from the chosen one in a digit or two, such as a
-    slip in the worked steps, makes DPO lower the chosen answer's likelihood too: on this task
-    it cost held-out accuracy at every learning rate tried, as Pal et al. 2024 found for
-    pairs at a small edit distance.)"""
-    if worked:
+    no steps; slip: the worked solution over the same steps with a slip in the ones column
+    (`slip_for`), a near miss that only a model that checks the arithmetic ranks right."""
+    if slip:
+        chosen, rejected = (
+            problem.worked_solution(),
+            problem.worked_solution(slip_for(problem, rng)),
+        )
+    elif worked:
         chosen = problem.worked_solution()
         rejected = problem.solution(wrong_answer(problem, rng))
     else:

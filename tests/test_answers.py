@@ -142,7 +142,11 @@ def test_the_demo_reads_answers_as_its_recipe_rewards_and_scores_them():
     recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     rewards = [r for stage in ("ppo", "grpo") for r in recipe[stage]["rewards"]]
     patterns = {r["pattern"] for r in rewards if r["type"] == "answer_match"}
-    patterns |= {t["decoding"]["answer_pattern"] for t in recipe["eval"]["tasks"]}
+    patterns |= {
+        t["decoding"]["answer_pattern"]
+        for t in recipe["eval"]["tasks"]
+        if t["type"] == "generation"
+    }
     assert patterns == {ANSWER_PATTERN}
 
 

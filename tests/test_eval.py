@@ -10,9 +10,12 @@ from llmtrain.recipe import load_recipe
 from llmtrain.train.evaluate.perplexity import _stream_windows, perplexity_on_texts
 from llmtrain.train.evaluate.runner import evaluate_recipe, write_table
 from llmtrain.train.evaluate.tasks import (
+    TaskSection,
+    answer_request,
     continuation_logprobs,
     load_task_records,
     run_multiple_choice_task,
+    run_preference_task,
     with_fewshot,
 )
 from tests.test_generation import WORDS, log_table, make
@@ -31,6 +34,46 @@ def test_multiple_choice_scores_by_likelihood_per_character_and_per_byte(tmp_pat
     # raw likelihood prefers "a" (0.5 > 0.4); per character and per byte of the choice (the
     # space before it not counted) "b c" (log 0.4 / 3 > log 0.5 / 1)
     assert result.metrics == {"acc": 0.0, "acc_norm": 1.0, "acc_bytes": 1.0, "n": 1}
+
+
+def test_preference_pairs_are_ranked_by_the_likelihood_of_each_answer(tmp_path):
+    a, b, c = (WORDS.index(w) for w in "abc")
+    table = log_table({0: {a: 0.6, b: 0.4}, a: {c: 0.5, a: 0.5}, b: {c: 1.0}})
+    model, tokenizer = make(table)
+    rows = [
+        {"prompt": "<s>", "chosen": "a", "rejected": "b"},  # 0.6 over 0.4: right
+        {"prompt": "<s>", "chosen": "a c", "rejected": "b c"},  # 0.3 over 0.4: wrong
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_preference_task(
+        model, tokenizer, load_task_records(path, "preference"), chat=False
+    )
+    margin = (math.log(0.6 / 0.4) + math.log(0.3 / 0.4)) / 2
+    assert result.metrics["pair_accuracy"] == 0.5
+    assert result.metrics["logprob_margin"] == pytest.approx(margin, abs=1e-5)
+    assert [s["correct"] for s in result.samples] == [True, False]
+
+
+def test_preference_answer_is_the_assistant_turn_of_the_chat_template(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    prompt = [{"role": "user", "content": "What is 2 + 2?"}]
+    context, answer = answer_request(tokenizer, prompt, "The answer is 4.", chat=True)
+    assert context == tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=True
+    )
+    whole = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": "The answer is 4."}], tokenize=False
+    )
+    assert context + answer == whole
+    assert answer.startswith("The answer is 4.")
+
+
+def test_preference_tasks_take_no_fewshot_examples(tmp_path):
+    with pytest.raises(ValueError, match="num_fewshot: 0"):
+        TaskSection(name="p", path=tmp_path / "p.jsonl", type="preference", num_fewshot=2)
 
 
 def test_fewshot_prompt_plain_and_chat(tmp_path):
@@ -77,6 +120,13 @@ def test_bad_task_records(tmp_path, record, message):
         load_task_records(path, "multiple_choice")
 
 
+def test_a_preference_record_needs_both_answers(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "x"}) + "\n")
+    with pytest.raises(InputDataError, match=r"pairs.jsonl:1: .* non-empty 'rejected'"):
+        load_task_records(path, "preference")
+
+
 def test_every_token_is_predicted_once():
     tokens = list(range(23))
     windows = list(_stream_windows(tokens, seq_len=5, batch_size=2))
@@ -97,6 +147,11 @@ def test_eval_of_an_untrained_model_is_near_uniform(tiny_causal_lm_dir, tmp_path
         for i in range(4)
     ]
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc))
+    pairs = [
+        {**row, "chosen": f"The answer is {i + 2}.", "rejected": f"The answer is {i + 3}."}
+        for i, row in enumerate(rows)
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     (tmp_path / "text.txt").write_text("def f(x):\n    return x + 1\n" * 40)
     path = write_recipe(
         f"""
@@ -109,6 +164,7 @@ def test_eval_of_an_untrained_model_is_near_uniform(tiny_causal_lm_dir, tmp_path
             - {{name: arith, path: arith.jsonl, type: generation,
                decoding: {{max_new_tokens: 4, answer_pattern: 'The answer is (-?\\d+)'}}}}
             - {{name: mc, path: mc.jsonl, type: multiple_choice, num_fewshot: 1}}
+            - {{name: pairs, path: pairs.jsonl, type: preference}}
         """
     )
     recipe = load_recipe(path)
@@ -119,6 +175,8 @@ def test_eval_of_an_untrained_model_is_near_uniform(tiny_causal_lm_dir, tmp_path
     assert ppl["bits_per_byte"] > 0
     assert results["tasks"]["arith"] == {"exact_match": 0.0, "n": 4}
     assert set(results["tasks"]["mc"]) == {"acc", "acc_norm", "acc_bytes", "n"}
+    assert set(results["tasks"]["pairs"]) == {"pair_accuracy", "logprob_margin", "n"}
+    assert results["tasks"]["pairs"]["n"] == 4
     out = recipe.stage_dir("eval")
     assert json.loads((out / "model.json").read_text())["tasks"]["mc"]["n"] == 4
     assert len((out / "samples" / "model-arith.jsonl").read_text().splitlines()) == 4

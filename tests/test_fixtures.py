@@ -90,3 +90,8 @@ def test_worked_solutions_compute_every_answer_and_slips_miss_it():
     record = preference_record(Problem(7, "+", 8), random.Random(0), worked=True)
     chosen, rejected = record["chosen"][0]["content"], record["rejected"][0]["content"]
     assert read_answer(chosen) == 15 and read_answer(rejected) != 15
+    record = preference_record(Problem(36, "+", 38), random.Random(0), slip=True)
+    chosen, rejected = record["chosen"][0]["content"], record["rejected"][0]["content"]
+    assert chosen == Problem(36, "+", 38).worked_solution()
+    assert rejected.startswith("6 + 8 = ") and rejected != chosen  # the ones column slips
+    assert read_answer(rejected) - read_answer(chosen) in (-3, -2, -1, 1, 2, 3)

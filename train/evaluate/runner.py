@@ -29,6 +29,7 @@ from llmtrain.train.evaluate.tasks import (
     load_task_records,
     run_generation_task,
     run_multiple_choice_task,
+    run_preference_task,
     with_fewshot,
 )
 
@@ -204,6 +205,8 @@ def run_task(
     batch_size: int,
 ):
     records = load_task_records(task.path, task.type, task.limit)
+    if task.type == "preference":
+        return run_preference_task(model, tokenizer, records, chat=chat, batch_size=batch_size)
     pool = load_task_records(task.fewshot_path, task.type) if task.fewshot_path else records
     rng = random.Random(seed)
     shots = [

@@ -9,6 +9,10 @@
   worked answer used when the record is a few-shot example}. The model's completion (by the
   task's decoding settings) is reduced to its final answer (`answer_pattern`) and compared with
   the answer after normalisation: `exact_match`.
+- `preference`: {"prompt": str or [messages], "chosen": str or [messages], "rejected": ...}, the
+  format of preference training data. `pair_accuracy`: the share of pairs whose chosen answer
+  the model finds more likely than the rejected one (summed log-probabilities of the answer's
+  tokens after the prompt, as DPO compares them).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmtrain.answers import extract_answer, is_correct
 from llmtrain.data_pipeline.readers import iter_records
@@ -29,9 +33,10 @@ from llmtrain.train.evaluate.generation import (
     Prompt,
     Scorer,
     decode,
+    render_prompt,
 )
 
-TaskType = Literal["generation", "multiple_choice"]
+TaskType = Literal["generation", "multiple_choice", "preference"]
 PromptFormat = Literal["auto", "plain", "chat"]
 
 
@@ -52,6 +57,12 @@ class TaskSection(Section):
     decoding: DecodingSection = DecodingSection()
     """How generation tasks decode (answer_pattern extracts the final answer)."""
 
+    @model_validator(mode="after")
+    def _check(self) -> TaskSection:
+        if self.type == "preference" and self.num_fewshot:
+            raise ValueError("a preference task scores pairs without examples: set num_fewshot: 0")
+        return self
+
 
 @dataclass
 class TaskRecord:
@@ -59,6 +70,8 @@ class TaskRecord:
     answer: str
     choices: list[str] = field(default_factory=list)
     completion: str | None = None
+    chosen: Prompt | None = None
+    rejected: Prompt | None = None
 
 
 @dataclass
@@ -86,6 +99,8 @@ def _parse_record(raw: dict, task_type: TaskType, where: str) -> TaskRecord:
         raise InputDataError(
             f"{where}: a task record needs a non-empty 'prompt' (text or messages)"
         )
+    if task_type == "preference":
+        return _parse_pair(raw, prompt, where)
     if "answer" not in raw:
         raise InputDataError(f"{where}: a task record needs an 'answer'")
     answer = raw["answer"]
@@ -115,6 +130,15 @@ def _parse_record(raw: dict, task_type: TaskType, where: str) -> TaskRecord:
     if not isinstance(prompt, str):
         raise InputDataError(f"{where}: multiple_choice prompts are text, not messages")
     return TaskRecord(prompt=prompt, answer=str(index), choices=choices)
+
+
+def _parse_pair(raw: dict, prompt: Prompt, where: str) -> TaskRecord:
+    for key in ("chosen", "rejected"):
+        if not isinstance(raw.get(key), str | list) or not raw[key]:
+            raise InputDataError(
+                f"{where}: a preference record needs a non-empty {key!r} (text or messages)"
+            )
+    return TaskRecord(prompt=prompt, answer="", chosen=raw["chosen"], rejected=raw["rejected"])
 
 
 def fewshot_examples(
@@ -188,6 +212,52 @@ def run_generation_task(
             }
         )
     return TaskResult({"exact_match": correct / len(records), "n": len(records)}, samples)
+
+
+def run_preference_task(
+    model: Any, tokenizer: Any, records: list[TaskRecord], *, chat: bool, batch_size: int = 16
+) -> TaskResult:
+    requests = [
+        answer_request(tokenizer, record.prompt, answer, chat=chat)
+        for record in records
+        for answer in (record.chosen, record.rejected)
+    ]
+    logprobs = continuation_logprobs(model, tokenizer, requests, batch_size=batch_size)
+    samples = []
+    for i, record in enumerate(records):
+        chosen, rejected = logprobs[2 * i], logprobs[2 * i + 1]
+        samples.append(
+            {
+                "prompt": record.prompt,
+                "chosen": record.chosen,
+                "rejected": record.rejected,
+                "logprob_chosen": chosen,
+                "logprob_rejected": rejected,
+                "correct": chosen > rejected,
+            }
+        )
+    right = sum(s["correct"] for s in samples)
+    margin = sum(s["logprob_chosen"] - s["logprob_rejected"] for s in samples) / len(samples)
+    metrics = {"pair_accuracy": right / len(records), "logprob_margin": margin, "n": len(records)}
+    return TaskResult(metrics, samples)
+
+
+def answer_request(
+    tokenizer: Any, prompt: Prompt, answer: Prompt, *, chat: bool
+) -> tuple[str, str]:
+    """(context, continuation) whose continuation is the answer as the model would write it:
+    the assistant turn of the chat template (with its end-of-turn), or " " + the text."""
+    context = render_prompt(tokenizer, prompt, chat=chat)
+    if not chat:
+        return context, " " + _as_text(answer)
+    turn = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
+    whole = tokenizer.apply_chat_template(_as_messages(prompt) + list(turn), tokenize=False)
+    if not whole.startswith(context):
+        raise InputDataError(
+            "preference task: the chat template does not render the prompt as the start of the "
+            "conversation with its answer; evaluate with format: plain"
+        )
+    return context, whole[len(context) :]
 
 
 def run_multiple_choice_task(
