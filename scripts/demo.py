@@ -159,7 +159,7 @@ def main() -> None:
     run([sys.executable, "-m", "llmtrain", "run", str(RECIPE)])
     print(f"\n{(OUTPUT / 'eval' / 'results.md').read_text()}")
     problems, targets = check()
-    print(f"\nissue 16's targets for PPO and GRPO (failing the demo for {', '.join(RL_CHECKED)}):")
+    print(f"\nthe RL targets for PPO and GRPO (failing the demo for {', '.join(RL_CHECKED)}):")
     for met, target in targets:
         print(f"  {'met' if met else 'NOT MET'}: {target}")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; report: "
