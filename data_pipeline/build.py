@@ -199,6 +199,15 @@ def _remove_temporaries(out: Path) -> None:
 # The build
 
 
+def summed_counts(records: list[dict], key: str) -> dict[str, int]:
+    """The `key` counts (name: count) of a source's scan records, summed over its files."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for name, value in r[key].items():
+            counts[name] = counts.get(name, 0) + value
+    return counts
+
+
 class DataBuild:
     def __init__(
         self, recipe: Any, section: DataSection, out: Path, tokenizer: Any, info: TokenizerInfo
@@ -815,10 +824,7 @@ class DataBuild:
         filters = self.filters[source.name]
         out: dict[str, Any] = {}
         if filters.language.enabled:
-            languages: dict[str, int] = {}
-            for r in records:
-                for code, count in r["languages"].items():
-                    languages[code] = languages.get(code, 0) + count
+            languages = summed_counts(records, "languages")
             out["languages"] = dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0])))
         if filters.quality.enabled:
             quality = filters.quality
@@ -837,20 +843,12 @@ class DataBuild:
         """The manifest's `pii` (replacements per kind, and documents changed) and
         `url_filter` (documents checked, missing a URL, dropped per block list, not allowed)."""
         out: dict[str, Any] = {}
-
-        def total(key: str) -> dict[str, int]:
-            counts: dict[str, int] = {}
-            for r in records:
-                for name, value in r[key].items():
-                    counts[name] = counts.get(name, 0) + value
-            return counts
-
         if pii_replacer(self.section.pii_of(source)) is not None:
-            found = total("pii")
+            found = summed_counts(records, "pii")
             out["pii"] = {k: found.get(k, 0) for k in (*PII_KINDS, "documents")}
         lists = self.section.url_filter
         if source.url_field is not None and (lists.block_lists or lists.allow_lists):
-            found = total("url_filter")
+            found = summed_counts(records, "url_filter")
             out["url_filter"] = {
                 "checked": found.get(CHECKED, 0),
                 "missing_url": found.get(MISSING, 0),

@@ -24,6 +24,7 @@ from llmtrain.recipe import load_recipe, validate_recipe
 from tests.data_support import data_recipe, english_documents, write_jsonl
 from tests.ray_support import NODE, REPO
 from tests.ray_support import ray_cluster as _session_cluster
+from tests.slurm_support import slurm_stand_ins
 from tests.test_data_build import near_copy
 from tests.test_data_quality import (
     FRENCH,
@@ -459,31 +460,6 @@ def test_pairs_reported_by_several_reducers_are_merged_as_they_come(monkeypatch)
     index = {tuple(p): v for p, v in zip(pairs.tolist(), verdicts, strict=True)}
     assert [index[tuple(p)] for p in got_pairs.tolist()] == got_verdicts.tolist()
     assert len(got_pairs) > 0.99 * len(pairs)
-
-
-def slurm_stand_ins(bin_dir: Path, nodes: list[str], **more: str) -> dict[str, str]:
-    """A stand-in Slurm in bin_dir (scontrol lists `nodes`, srun runs its command here, every
-    node's address is 127.0.0.1) and the environment of a job on those nodes."""
-    fakes = {
-        "scontrol": '[[ "$*" == "show hostnames job-nodes" ]] && printf "%s\\n" ' + " ".join(nodes),
-        "srun": 'while [[ "$1" == -* ]]; do [[ "$1" == -w ]] && shift; shift; done; exec "$@"',
-        "hostname": '[[ "$1" == --ip-address ]] && echo 127.0.0.1',
-        **more,
-    }
-    bin_dir.mkdir()
-    for name, body in fakes.items():
-        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    keep = ("HOME", "LANG", "OMP_WAIT_POLICY")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    return env | {
-        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PYTHON": sys.executable,
-        "SLURM_JOB_NODELIST": "job-nodes",
-        "SLURM_JOB_ID": "4242",
-        "SLURM_CPUS_PER_TASK": "1",
-        "SLURM_SUBMIT_DIR": str(REPO),
-    }
 
 
 SLURM_SCRIPT = REPO / "scripts" / "launch" / "slurm_data.sbatch"

@@ -28,6 +28,7 @@ from tests.pretrain_support import (
     read_records,
     write_pretrain_recipe,
 )
+from tests.slurm_support import slurm_stand_ins
 
 SEQ_LEN = 64
 
@@ -642,26 +643,9 @@ def test_slurm_script_starts_the_multinode_launcher_on_every_node(tmp_path):
     """scripts/launch/slurm_pretrain.sbatch under a stand-in Slurm (srun runs its command,
     scontrol lists two nodes) and a stand-in Python that prints the torchrun command line: the
     first node hosts the rendezvous, the job id names it, one process per GPU of the node."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fakes = {
-        "scontrol": '[[ "$1 $2 $3" == "show hostnames node[01-02]" ]] && printf "node01\\nnode02\\n"',
-        "srun": 'while [[ "$1" == --* ]]; do shift; done; exec "$@"',
-        "python": 'echo "$@"',
-    }
-    for name, body in fakes.items():
-        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    keep = ("PATH", "HOME", "LANG")
-    env = {k: v for k, v in os.environ.items() if k in keep}
+    env = slurm_stand_ins(tmp_path / "bin", ["node01", "node02"], python='echo "$@"')
     env.update(
-        PATH=f"{bin_dir}:{os.environ['PATH']}",
-        PYTHON=str(bin_dir / "python"),
-        SLURM_JOB_NODELIST="node[01-02]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_GPUS_ON_NODE="8",
-        SLURM_JOB_ID="4242",
-        SLURM_SUBMIT_DIR=str(REPO),
+        PYTHON=str(tmp_path / "bin" / "python"), SLURM_JOB_NUM_NODES="2", SLURM_GPUS_ON_NODE="8"
     )
     script = REPO / "scripts" / "launch" / "slurm_pretrain.sbatch"
     result = subprocess.run(

@@ -40,19 +40,15 @@ import platform
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts" / "bench"))
 
-
-def cpu_rate(function, items: list) -> tuple[float, object]:
-    started = time.process_time()
-    result = function(items)
-    return len(items) / max(time.process_time() - started, 1e-9), result
+from data_quality import cpu_rate  # noqa: E402
 
 
 def planted(texts: list[str]) -> list[str]:
