@@ -488,14 +488,22 @@ def test_slurm_script_builds_on_the_ray_head_it_starts(local_build, tiny_tokeniz
         RAY_PORT=str(port),
         RAY_TMPDIR=tempfile.mkdtemp(prefix="rs", dir="/tmp"),  # Ray's socket paths are short
     )
-    result = subprocess.run(
+    job = subprocess.Popen(
         ["bash", str(SLURM_SCRIPT), str(recipe)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        timeout=300,
+        start_new_session=True,  # the job and the Ray head it starts: one process group
     )
+    try:
+        stdout, stderr = job.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGTERM)  # `ray start --block` stops its node on SIGTERM
+        job.communicate()
+        raise
+    result = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Ray head on node01 (127.0.0.1:{port}), 0 worker nodes, 1 CPUs each" in result.stdout
     assert f"Ray at 127.0.0.1:{port}: 1 nodes up" in result.stdout
