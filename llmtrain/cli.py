@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="launch training stages with torchrun on N processes",
     )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N stages at once, each when the stages it reads from have finished "
+        "(each with 1/N of the CPU threads, output in <output_dir>/logs/STAGE.log)",
+    )
     run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
     for module in stage_command_modules():
         if hasattr(module, "add_run_options"):
@@ -190,6 +198,7 @@ def _run_pipeline(args: argparse.Namespace) -> None:
         stages=args.stages,
         start=args.start,
         nproc_per_node=args.nproc_per_node,
+        jobs=args.jobs,
         dry_run=args.dry_run,
     )
     if not args.dry_run:

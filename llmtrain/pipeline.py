@@ -1,4 +1,4 @@
-"""`llmtrain run RECIPE`: every stage of a recipe, in order, each reading the one before.
+"""`llmtrain run RECIPE`: every stage of a recipe, each after the stages it reads from.
 
 Each stage runs as its own `llmtrain` command in a subprocess (through torchrun when
 `--nproc-per-node` > 1 for the training stages), so memory is returned between stages and a
@@ -11,17 +11,23 @@ the sections of the stages it reads from, and the seed). On the next run:
   after it that reads from it;
 - no marker but a stage directory (the stage was interrupted): a training stage resumes from
   its latest checkpoint, the data build resumes its unfinished steps, the tokenizer reruns.
+
+With `--jobs N`, up to N stages run at once, each as soon as the stages it reads from have
+finished (rm and dpo after sft, then ppo and grpo), each with 1/N of the CPU threads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,8 +188,15 @@ def run_pipeline(
     stages: Sequence[str] | None = None,
     start: str | None = None,
     nproc_per_node: int = 1,
+    jobs: int = 1,
     dry_run: bool = False,
 ) -> list[StagePlan]:
+    """Run the chosen stages; with `jobs` > 1 up to that many at once, a stage starting when
+    every stage it reads from has finished (each with its share of the CPU threads and its
+    output in <output_dir>/logs/STAGE.log). After a failure no stage starts; those running
+    finish."""
+    if jobs < 1:
+        raise RecipeError(f"--jobs {jobs}: run at least one stage at a time (--jobs 1 or more)")
     chosen = select_stages(recipe, stages, start)
     for stage in chosen:
         if recipe.stage_kind(stage).produces != "eval":
@@ -195,41 +208,118 @@ def run_pipeline(
     if dry_run:
         return plans
     evaluate_each = recipe.eval is not None and recipe.eval.after_each_stage
-    for item in plans:
-        produces = recipe.stage_kind(item.stage).produces
-        if item.action == "skip":
-            continue
-        if produces == "eval" and evaluate_each:
-            continue  # every model was evaluated as its stage finished
-        _run(
-            stage_command(recipe, recipe_path, overrides, item.stage, item.action, nproc_per_node),
-            item.stage,
-        )
-        if produces != "eval":
-            atomic_write_json(
-                recipe.stage_dir(item.stage) / MARKER,
-                {
-                    "fingerprint": stage_fingerprint(recipe, item.stage),
-                    "kind": recipe.stage_kind(item.stage).name,
-                    "finished": time.time(),
-                },
-            )
-        if evaluate_each and produces == "causal_lm":
-            _run(eval_command(recipe_path, overrides, item.stage), f"eval of {item.stage}")
-        if produces == "eval" or (evaluate_each and produces == "causal_lm"):
-            refresh_model_cards(recipe.output_dir)  # the cards show the eval results
+    todo = [
+        item
+        for item in plans
+        if item.action != "skip"
+        # every model is evaluated as its stage finishes
+        and not (recipe.stage_kind(item.stage).produces == "eval" and evaluate_each)
+    ]
+    names = [item.stage for item in todo]
+    waits_for = {
+        item.stage: set(names[:position])
+        if recipe.stage_kind(item.stage).produces == "eval"  # reads every model before it
+        else set(upstream(recipe, item.stage)) & set(names)
+        for position, item in enumerate(todo)
+    }
+    runner = StageRunner(recipe, recipe_path, overrides, nproc_per_node, jobs, evaluate_each)
+    failures: list[str] = []
+    finished: set[str] = set()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, str] = {}
+        while todo or running:
+            for item in list(todo):
+                if failures or len(running) == jobs:
+                    break
+                if waits_for[item.stage] <= finished:
+                    todo.remove(item)
+                    running[pool.submit(runner.run, item)] = item.stage
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage = running.pop(future)
+                try:
+                    future.result()
+                    finished.add(stage)
+                except PipelineError as exc:
+                    failures.append(str(exc))
+    if failures:
+        raise PipelineError("; ".join(failures))
     return plans
 
 
-def _run(command: list[str], what: str) -> None:
-    print(f"\n$ {shlex.join(command)}", flush=True)
+class StageRunner:
+    """Runs one stage: its command, its marker, the eval of the model it made. With jobs > 1
+    a stage's commands write to <output_dir>/logs/STAGE.log and get cores / jobs CPU threads
+    (unless OMP_NUM_THREADS is set)."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        recipe_path: str,
+        overrides: Sequence[str],
+        nproc_per_node: int,
+        jobs: int,
+        evaluate_each: bool,
+    ):
+        self.recipe = recipe
+        self.recipe_path = recipe_path
+        self.overrides = overrides
+        self.nproc_per_node = nproc_per_node
+        self.jobs = jobs
+        self.evaluate_each = evaluate_each
+        self.cards_lock = threading.Lock()
+        self.env = dict(os.environ)
+        if jobs > 1 and "OMP_NUM_THREADS" not in self.env:
+            threads = (os.cpu_count() or 1) // (jobs * nproc_per_node)
+            self.env["OMP_NUM_THREADS"] = str(max(1, threads))
+
+    def run(self, item: StagePlan) -> None:
+        recipe, stage = self.recipe, item.stage
+        produces = recipe.stage_kind(stage).produces
+        log = None
+        if self.jobs > 1:
+            log = recipe.output_dir / "logs" / f"{stage}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+        command = stage_command(
+            recipe, self.recipe_path, self.overrides, stage, item.action, self.nproc_per_node
+        )
+        _run(command, stage, env=self.env, log=log)
+        if produces != "eval":
+            atomic_write_json(
+                recipe.stage_dir(stage) / MARKER,
+                {
+                    "fingerprint": stage_fingerprint(recipe, stage),
+                    "kind": recipe.stage_kind(stage).name,
+                    "finished": time.time(),
+                },
+            )
+        if self.evaluate_each and produces == "causal_lm":
+            evaluate = eval_command(self.recipe_path, self.overrides, stage)
+            _run(evaluate, f"eval of {stage}", env=self.env, log=log)
+        if produces == "eval" or (self.evaluate_each and produces == "causal_lm"):
+            with self.cards_lock:
+                refresh_model_cards(recipe.output_dir)  # the cards show the eval results
+
+
+def _run(
+    command: list[str], what: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> None:
+    """Run a command to the console, or appending to `log`."""
+    where = f" >> {log}" if log else ""
+    print(f"\n$ {shlex.join(command)}{where}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command)
+    if log is None:
+        result = subprocess.run(command, env=env)
+    else:
+        with log.open("a") as out:
+            result = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise PipelineError(
-            f"{what} failed (exit status {result.returncode}); fix what it reported above and "
-            "run the same `llmtrain run` again: finished stages are skipped, an interrupted "
-            "training stage resumes"
+            f"{what} failed (exit status {result.returncode}); fix what it reported "
+            f"{f'in {log}' if log else 'above'} and run the same `llmtrain run` again: "
+            "finished stages are skipped, an interrupted training stage resumes"
         )
     print(f"{what}: done in {time.perf_counter() - start:.0f} s", flush=True)
 

@@ -108,6 +108,17 @@ def test_resume_continues_the_same_run(grpo_run, tmp_path):
     assert (copy / "grpo" / "final" / "model.safetensors").is_file()
 
 
+def test_one_generation_serves_steps_per_generation_x_num_iterations_steps(rl_policy, tmp_path):
+    path = rl_recipe(
+        tmp_path, "grpo", rl_policy, steps_per_generation=2, num_iterations=2, max_steps=8,
+        save_every=0, global_batch_size=16, micro_batch_size=16,
+    )  # fmt: skip
+    run_grpo(load_recipe(path), run_args())
+    steps = [r for r in read_metrics(tmp_path / "out" / "grpo" / "metrics.jsonl") if "reward" in r]
+    generated = [r["step"] for r in steps if r["time/generation"] > 0]
+    assert generated == [1, 5]  # one batch of 2 x 16 completions for steps 1-4, one for 5-8
+
+
 def test_group_statistics_over_consecutive_groups():
     # groups of 3: spread, none, spread
     rewards = [1.0, 0.0, 1.0, 2.0, 2.0, 2.0, 0.0, 0.0, 3.0]

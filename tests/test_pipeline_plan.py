@@ -99,3 +99,69 @@ def test_unknown_stage_and_missing_section(write_recipe):
         select_stages(recipe, ["ppo"], None)
     with pytest.raises(RecipeError, match=r"--from grpo: that stage is not among those to run"):
         select_stages(recipe, None, "grpo")
+
+
+def run_with_stub(monkeypatch, recipe, jobs, fail=()):
+    """run_pipeline with each command replaced by a 0.3 s wait; (what, start, end, env, log) of
+    each in the order they finished."""
+    import threading
+    import time
+
+    from llmtrain import pipeline
+
+    calls, lock = [], threading.Lock()
+
+    def fake_run(command, what, env=None, log=None):
+        start = time.perf_counter()
+        time.sleep(0.3)
+        with lock:
+            calls.append((what, start, time.perf_counter(), env, log))
+        if what in fail:
+            raise pipeline.PipelineError(f"{what} failed")
+
+    monkeypatch.setattr(pipeline, "_run", fake_run)
+    monkeypatch.setattr(pipeline, "refresh_model_cards", lambda output_dir: None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 8)
+    pipeline.run_pipeline(recipe, "recipe.yaml", [], jobs=jobs)
+    return calls
+
+
+def recipe_with_inputs(write_recipe, text):
+    path = write_recipe(text)
+    for name in ("sft.jsonl", "prefs.jsonl", "prompts.jsonl"):
+        (path.parent / name).write_text("{}\n")
+    return load_recipe(path)
+
+
+def test_jobs_run_stages_side_by_side_once_what_they_read_has_finished(write_recipe, monkeypatch):
+    recipe = recipe_with_inputs(write_recipe, RECIPE)
+    calls = {what: rest for what, *rest in run_with_stub(monkeypatch, recipe, jobs=2)}
+    assert set(calls) == {"pretrain", "sft", "rm", "dpo", "eval of pretrain", "eval of sft",
+                          "eval of dpo"}  # fmt: skip
+    start, end = {w: c[0] for w, c in calls.items()}, {w: c[1] for w, c in calls.items()}
+    assert end["pretrain"] <= start["sft"] and end["sft"] <= min(start["rm"], start["dpo"])
+    assert start["dpo"] < end["rm"] and start["rm"] < end["dpo"]  # rm and dpo at once
+    assert calls["dpo"][2] == {**calls["dpo"][2], "OMP_NUM_THREADS": "4"}  # 8 cores / 2 jobs
+    assert calls["eval of dpo"][3] == recipe.output_dir / "logs" / "dpo.log"
+    # one job: the stages one after another in run order, output to the console
+    for stage in ("pretrain", "sft", "rm", "dpo"):
+        (recipe.stage_dir(stage) / MARKER).unlink()
+    order = run_with_stub(monkeypatch, recipe, jobs=1)
+    assert [c[0] for c in order] == ["pretrain", "eval of pretrain", "sft", "eval of sft", "rm",
+                                     "dpo", "eval of dpo"]  # fmt: skip
+    assert all(c[4] is None and "OMP_NUM_THREADS" not in c[3] for c in order)
+
+
+def test_after_a_failure_no_stage_starts_and_running_ones_finish(write_recipe, monkeypatch):
+    from llmtrain.pipeline import PipelineError
+
+    ppo = "ppo: {data: [{path: prompts.jsonl}], rewards: [{type: answer_match}]}\n"
+    recipe = recipe_with_inputs(write_recipe, RECIPE + ppo)
+    with pytest.raises(PipelineError, match="^rm failed$"):
+        run_with_stub(monkeypatch, recipe, jobs=2, fail=("rm",))
+    assert (recipe.stage_dir("dpo") / MARKER).is_file()  # ran beside rm and finished
+    assert not (recipe.stage_dir("rm") / MARKER).exists()
+    assert not recipe.stage_dir("ppo").exists()  # reads rm: never started
+    with pytest.raises(RecipeError, match=r"^--jobs 0: run at least one stage at a time"):
+        run_with_stub(monkeypatch, recipe, jobs=0)

@@ -306,6 +306,12 @@ def test_rl_memory_follows_a_hand_calculation():
     assert grpo.kv_cache_gib * GIB == pytest.approx(
         2 * LAYERS * KV * LENGTH * 4 * 2 + 2 * POLICY * 3 / 4
     )
+    # a generated batch split into two optimizer steps: both steps' 2 x 16 sequences at once
+    split = rl_memory(rl_recipe("grpo", steps_per_generation=2), "grpo", gpus=1, gpu_memory=None)
+    assert split.parts["rollout buffers"] * GIB == pytest.approx(
+        32 * (24 * LENGTH + 24 * COMPLETION)
+    )
+    assert split.kv_cache_gib * GIB == pytest.approx(2 * LAYERS * KV * LENGTH * 32 * 2)
 
 
 def test_plan_prints_the_rl_stages(capsys, tmp_path):

@@ -902,8 +902,11 @@ def rl_memory(recipe: Recipe, stage: str, *, gpus: int, gpu_memory: float | None
     reward_models = sum(1 for reward in section.rewards if reward.type == "reward_model")
     parts["reward models"] = reward_models * element * value_params * gib
     # sequences generated at once per process: PPO's rollout batch; TRL's generation batch
-    # (one optimizer step's completions at its default steps_per_generation)
-    batch = section.rollout_batch_size if kind == "ppo" else section.global_batch_size
+    # (steps_per_generation optimizer steps' completions; online DPO: one step's)
+    if kind == "ppo":
+        batch = section.rollout_batch_size
+    else:
+        batch = section.global_batch_size * getattr(section, "steps_per_generation", 1)
     sequences = -(-batch // world)
     length = section.max_prompt_length + section.max_new_tokens
     # ids, attention mask, position ids (int64) and six fp32 values per completion token

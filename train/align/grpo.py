@@ -265,6 +265,7 @@ def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
             reward_clip_range=section.reward_clip_range,
             epsilon=section.epsilon,
             epsilon_high=section.epsilon_high,
+            steps_per_generation=section.steps_per_generation * run.grad_accum_steps(),
         )
         trainer_class = grpo_trainer_class(rloo=True)
     elif method == "online_dpo":
@@ -284,6 +285,7 @@ def run_grpo(recipe: Any, args: Any, method: str = "grpo") -> Any:
             importance_sampling_level=section.importance_sampling_level,
             epsilon=section.epsilon,
             epsilon_high=section.epsilon_high,
+            steps_per_generation=section.steps_per_generation * run.grad_accum_steps(),
         )
         trainer_class = grpo_trainer_class()
     config = run.training_args(

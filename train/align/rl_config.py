@@ -216,6 +216,9 @@ class ClippedGroupSection(GroupSection):
     """Lower clip of the importance ratio."""
     epsilon_high: float | None = Field(default=None, gt=0)
     """Upper clip (DAPO's clip-higher); default: epsilon."""
+    steps_per_generation: int = Field(default=1, gt=0)
+    """Optimizer steps (of global_batch_size completions each) that one generated batch is
+    split into: generation happens every steps_per_generation x num_iterations steps."""
 
 
 class GRPOSection(ClippedGroupSection):
