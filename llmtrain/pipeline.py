@@ -13,7 +13,8 @@ the sections of the stages it reads from, and the seed). On the next run:
   its latest checkpoint, the data build resumes its unfinished steps, the tokenizer reruns.
 
 With `--jobs N`, up to N stages run at once, each as soon as the stages it reads from have
-finished (rm and dpo after sft, then ppo and grpo), each with 1/N of the CPU threads.
+finished (rm and dpo after sft, then ppo and grpo); stages running side by side share the CPU
+threads, a stage running alone has them all.
 """
 
 from __future__ import annotations
@@ -192,9 +193,9 @@ def run_pipeline(
     dry_run: bool = False,
 ) -> list[StagePlan]:
     """Run the chosen stages; with `jobs` > 1 up to that many at once, a stage starting when
-    every stage it reads from has finished (each with its share of the CPU threads and its
-    output in <output_dir>/logs/STAGE.log). After a failure no stage starts; those running
-    finish."""
+    every stage it reads from has finished (with its share of the CPU threads among the stages
+    running at its start, its output in <output_dir>/logs/STAGE.log). After a failure no stage
+    starts; those running finish."""
     if jobs < 1:
         raise RecipeError(f"--jobs {jobs}: run at least one stage at a time (--jobs 1 or more)")
     chosen = select_stages(recipe, stages, start)
@@ -228,12 +229,12 @@ def run_pipeline(
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[Future, str] = {}
         while todo or running:
-            for item in list(todo):
-                if failures or len(running) == jobs:
-                    break
-                if waits_for[item.stage] <= finished:
-                    todo.remove(item)
-                    running[pool.submit(runner.run, item)] = item.stage
+            ready = [item for item in todo if waits_for[item.stage] <= finished]
+            starting = [] if failures else ready[: jobs - len(running)]
+            share = len(running) + len(starting)  # the stages that will run side by side
+            for item in starting:
+                todo.remove(item)
+                running[pool.submit(runner.run, item, share)] = item.stage
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -251,8 +252,8 @@ def run_pipeline(
 
 class StageRunner:
     """Runs one stage: its command, its marker, the eval of the model it made. With jobs > 1
-    a stage's commands write to <output_dir>/logs/STAGE.log and get cores / jobs CPU threads
-    (unless OMP_NUM_THREADS is set)."""
+    a stage's commands write to <output_dir>/logs/STAGE.log, and a stage running beside others
+    gets its share of the cores as OMP_NUM_THREADS (unless that is set)."""
 
     def __init__(
         self,
@@ -270,12 +271,10 @@ class StageRunner:
         self.jobs = jobs
         self.evaluate_each = evaluate_each
         self.cards_lock = threading.Lock()
-        self.env = dict(os.environ)
-        if jobs > 1 and "OMP_NUM_THREADS" not in self.env:
-            threads = (os.cpu_count() or 1) // (jobs * nproc_per_node)
-            self.env["OMP_NUM_THREADS"] = str(max(1, threads))
 
-    def run(self, item: StagePlan) -> None:
+    def run(self, item: StagePlan, share: int = 1) -> None:
+        """Run the stage; `share`: the number of stages running at its start, among which the
+        CPU threads are divided."""
         recipe, stage = self.recipe, item.stage
         produces = recipe.stage_kind(stage).produces
         log = None
@@ -285,7 +284,11 @@ class StageRunner:
         command = stage_command(
             recipe, self.recipe_path, self.overrides, stage, item.action, self.nproc_per_node
         )
-        _run(command, stage, env=self.env, log=log)
+        env = dict(os.environ)
+        if share > 1 and "OMP_NUM_THREADS" not in env:
+            threads = (os.cpu_count() or 1) // (share * self.nproc_per_node)
+            env["OMP_NUM_THREADS"] = str(max(1, threads))
+        _run(command, stage, env=env, log=log)
         if produces != "eval":
             atomic_write_json(
                 recipe.stage_dir(stage) / MARKER,
@@ -297,7 +300,7 @@ class StageRunner:
             )
         if self.evaluate_each and produces == "causal_lm":
             evaluate = eval_command(self.recipe_path, self.overrides, stage)
-            _run(evaluate, f"eval of {stage}", env=self.env, log=log)
+            _run(evaluate, f"eval of {stage}", env=env, log=log)
         if produces == "eval" or (self.evaluate_each and produces == "causal_lm"):
             with self.cards_lock:
                 refresh_model_cards(recipe.output_dir)  # the cards show the eval results

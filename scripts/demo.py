@@ -6,7 +6,7 @@
    larger problems for DPO (500 of them held out).
 2. `llmtrain run recipes/tiny.yaml --jobs 2`: tokenizer, data, pretrain, sft, rm, dpo, ppo,
    grpo, two at a time where neither reads the other (rm and dpo, then ppo and grpo, on a core
-   each; their output in runs/tiny-demo/logs/), each model evaluated (perplexity, the held-out
+   each; with --jobs every stage's output is in runs/tiny-demo/logs/), each model evaluated (perplexity, the held-out
    tasks) as its stage finishes, then the report.
    A second `make demo` skips the stages that finished; an interrupted one resumes.
 3. The held-out figures with 95% intervals (Wilson for one model, Newcombe's paired interval
