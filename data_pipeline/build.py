@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from llmtrain import __version__
 from llmtrain.atomic import atomic_path, atomic_write_json, atomic_write_text
 from llmtrain.errors import InputDataError, RecipeError, RunDirError
 from llmtrain.locking import locked
+from llmtrain.runtime import available_cpus
 
 from .config import DataSection, DataSource, FiltersSection
 from .decontam import EvalNgrams, eval_files, file_sets
@@ -60,13 +60,6 @@ REPORT = "report.md"
 def fingerprint(*parts: Any) -> str:
     text = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def available_cpus() -> int:
-    """The cores this process may run on (a Slurm or container CPU limit, not the host's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def file_stamp(path: Path) -> list:

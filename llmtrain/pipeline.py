@@ -37,6 +37,7 @@ from llmtrain.errors import LLMTrainError, RecipeError
 from llmtrain.model_card import refresh_model_cards
 from llmtrain.recipe import Recipe
 from llmtrain.rundir import RunDir
+from llmtrain.runtime import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ class StageRunner:
         )
         env = dict(os.environ)
         if share > 1 and "OMP_NUM_THREADS" not in env:
-            threads = (os.cpu_count() or 1) // (share * self.nproc_per_node)
+            threads = available_cpus() // (share * self.nproc_per_node)
             env["OMP_NUM_THREADS"] = str(max(1, threads))
         _run(command, stage, env=env, log=log)
         if produces != "eval":

@@ -1,4 +1,4 @@
-"""Process-level helpers shared by every stage: rank/world, seeding, device, logging.
+"""Process-level helpers shared by every stage: rank/world, seeding, device, logging, cores.
 
 torch is imported inside the functions that need it, so importing this module stays cheap.
 """
@@ -84,3 +84,10 @@ def setup_logging(*, debug: bool = False, rank: int | None = None) -> None:
     )
     for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (a Slurm or container CPU limit, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

@@ -122,7 +122,7 @@ def run_with_stub(monkeypatch, recipe, jobs, fail=()):
     monkeypatch.setattr(pipeline, "_run", fake_run)
     monkeypatch.setattr(pipeline, "refresh_model_cards", lambda output_dir: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 8)
     pipeline.run_pipeline(recipe, "recipe.yaml", [], jobs=jobs)
     return calls
 
