@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run up to N stages at once, each when the stages it reads from have finished "
-        "(each with 1/N of the CPU threads, output in <output_dir>/logs/STAGE.log)",
+        "(stages side by side share the CPU threads; output in <output_dir>/logs/STAGE.log)",
     )
     run.add_argument("--dry-run", action="store_true", help="show what would run, run nothing")
     for module in stage_command_modules():
