@@ -6,8 +6,8 @@
    larger problems for DPO (500 of them held out).
 2. `llmtrain run recipes/tiny.yaml --jobs 2`: tokenizer, data, pretrain, sft, rm, dpo, ppo,
    grpo, two at a time where neither reads the other (rm and dpo, then ppo and grpo, on a core
-   each; with --jobs every stage's output is in runs/tiny-demo/logs/), each model evaluated (perplexity, the held-out
-   tasks) as its stage finishes, then the report.
+   each; every stage's output is in runs/tiny-demo/logs/), each model evaluated (perplexity,
+   the held-out tasks) as its stage finishes, then the report.
    A second `make demo` skips the stages that finished; an interrupted one resumes.
 3. The held-out figures with 95% intervals (Wilson for one model, Newcombe's paired interval
    for a difference from SFT on the same problems: llmtrain.train.evaluate.stats), and the
@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmtrain.rundir import read_metrics
 from llmtrain.train.evaluate.stats import Estimate, paired_difference_interval, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +84,7 @@ def logged(stage: str, key: str) -> list[float]:
     path = OUTPUT / stage / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = (json.loads(line) for line in path.read_text().splitlines())
-    return [row[key] for row in rows if key in row]
+    return [row[key] for row in read_metrics(path) if key in row]
 
 
 def quarters(values: list[float]) -> tuple[float, float]:
