@@ -166,3 +166,20 @@ def test_after_a_failure_no_stage_starts_and_running_ones_finish(write_recipe, m
     assert not recipe.stage_dir("ppo").exists()  # reads rm: never started
     with pytest.raises(RecipeError, match=r"^--jobs 0: run at least one stage at a time"):
         run_with_stub(monkeypatch, recipe, jobs=0)
+
+
+def test_a_stage_run_with_a_log_writes_there_and_its_failure_names_the_log(tmp_path):
+    import sys
+
+    from llmtrain.pipeline import PipelineError, _run
+
+    log = tmp_path / "rm.log"
+    _run([sys.executable, "-c", "print('step 1')"], "rm", log=log)
+    with pytest.raises(PipelineError) as failed:
+        _run([sys.executable, "-c", "import sys; print('step 2'); sys.exit(3)"], "rm", log=log)
+    assert str(failed.value) == (
+        f"rm failed (exit status 3); fix what it reported in {log} and run the same "
+        "`llmtrain run` again: finished stages are skipped, an interrupted training stage "
+        "resumes"
+    )
+    assert log.read_text() == "step 1\nstep 2\n"  # appended, the console left alone
